@@ -1,0 +1,225 @@
+"""Target-layer discovery and activation capture (ALGORITHM.md, "Target layers").
+
+Every hook registered here lives for one call: a context manager owns the handles and removes
+them in ``finally``, also when the forward pass raises.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+_POOLING = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+            nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+            nn.modules.pooling._LPPoolNd)
+_PADDING = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+            nn.modules.padding._ReplicationPadNd, nn.modules.padding.CircularPad2d)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of the stage table: a target layer and the shape of its output."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    stride: int  # the subsampling factor s_l = H / h_l
+
+
+@contextlib.contextmanager
+def hooks(model: nn.Module, names: Sequence[str], hook_factory) -> Iterator[None]:
+    """Register ``hook_factory(name)`` as a forward hook on each named module, for one block."""
+    modules = dict(model.named_modules())
+    handles = []
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_hook(hook_factory(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def inference_state(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode without gradients, then restore every flag as it was."""
+    training = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    try:
+        model.eval()
+        for p in grads:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+
+
+def _is_transparent(module: nn.Module) -> bool:
+    """Plain containers whose children are the real blocks (a subclass keeping Sequential's forward too)."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)) and type(module).forward is nn.Module.forward:
+        return True
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _blocks(model: nn.Module) -> list[str]:
+    """Candidate block names: containers are opened, any other module with children is one block."""
+    out: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if _is_transparent(child):
+                visit(full + ".", child)
+            else:
+                out.append(full)
+
+    visit("", model)
+    return out
+
+
+def input_channels(model: nn.Module) -> int:
+    """Channels the model expects: those of its first 2-D convolution (3 if it has none)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return 3
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> list[LayerInfo]:
+    """Discover the target layers and return their stage table, input side (finest) first.
+
+    One forward pass on a random input of ``input_size``: one layer per resolution, the last
+    block that outputs it; pooling, padding-only and repeatedly called modules are skipped, as are
+    outputs whose size does not divide the input and 1x1 outputs. A container whose output is the
+    very tensor of its last child names the layer (``layer1``, not ``layer1.2``).
+
+    Raises:
+        ValueError: if the model has no 4-D activation that qualifies.
+    """
+    h_in, w_in = int(input_size[0]), int(input_size[1])
+    named = dict(model.named_modules())
+    outputs: dict[str, object] = {}
+    calls: dict[str, int] = {}
+    order: list[str] = []
+
+    def record(name: str):
+        def fn(_module, _inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+            outputs[name] = output
+            order.append(name)
+        return fn
+
+    x = torch.rand(1, input_channels(model), h_in, w_in, device=_model_device(model))
+    every = [n for n in named if n]
+    with inference_state(model), hooks(model, every, record):
+        model(x)
+
+    by_resolution: dict[tuple[int, int], str] = {}
+    candidates = set(_blocks(model))
+    for name in order:  # completion order: later wins within a resolution
+        module, out = named[name], outputs[name]
+        if (name not in candidates or calls[name] != 1 or isinstance(module, _POOLING + _PADDING)
+                or not isinstance(out, torch.Tensor) or out.dim() != 4):
+            continue
+        h, w = out.shape[-2:]
+        if h * w == 1 or h_in % h or w_in % w:
+            continue
+        by_resolution.pop((h, w), None)
+        by_resolution[(h, w)] = name
+    if not by_resolution:
+        raise ValueError(
+            f"{type(model).__name__} has no 4-D activation (N x C x h x w) whose size divides the "
+            f"input size {h_in}x{w_in}: Poly-CAM needs a convolutional network")
+
+    table = []
+    for (h, w), name in sorted(by_resolution.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
+        name = _container_name(name, named, outputs)
+        out = outputs[name]
+        table.append(LayerInfo(name, int(out.shape[1]), int(h), int(w), h_in // int(h)))
+    for finer, coarser in zip(table, table[1:]):
+        if coarser.stride <= finer.stride:
+            raise ValueError(f"layer strides must increase from input to output, got "
+                             f"{finer.name} (/{finer.stride}) then {coarser.name} (/{coarser.stride})")
+    return table
+
+
+def _container_name(name: str, named: dict[str, nn.Module], outputs: dict[str, object]) -> str:
+    """Climb to the outermost container whose output is the very tensor of this block's."""
+    while "." in name:
+        parent = name.rsplit(".", 1)[0]
+        children = list(named[parent].named_children())
+        if not children or f"{parent}.{children[-1][0]}" != name or outputs.get(parent) is not outputs[name]:
+            break
+        name = parent
+    return name
+
+
+def find_target_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> list[str]:
+    """Names of the target layers, input side first (see :func:`describe_layers`)."""
+    from .models import as_classifier
+
+    net = as_classifier(model).net
+    return [info.name for info in describe_layers(net, input_size)]
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    """Validate explicit layer names against the model's modules.
+
+    Raises:
+        ValueError: for an unknown or repeated name, or an empty list.
+    """
+    if isinstance(layers, str) or not layers:
+        raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
+    named = dict(model.named_modules())
+    unknown = [n for n in layers if n not in named or n == ""]
+    if unknown:
+        sample = ", ".join(list(n for n in named if n)[:12])
+        raise ValueError(f"unknown layer name(s) {unknown}; the model's modules include: {sample}, ...")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layer names must be distinct, got {list(layers)}")
+    return list(layers)
+
+
+def capture_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass returning the logits and a copy of each layer's output ``[C, h, w]``.
+
+    Copies are taken inside the hook, so later in-place operations cannot change them.
+
+    Raises:
+        ValueError: if a layer runs more than once in the pass, or its output is not 4-D.
+    """
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def keep(name: str):
+        def fn(_module, _inputs, output):
+            captured[name].append(output.detach().clone() if isinstance(output, torch.Tensor) else output)
+        return fn
+
+    with hooks(model, layers, keep):
+        logits = model(x)
+    acts = {}
+    for name, outs in captured.items():
+        if len(outs) != 1:
+            raise ValueError(f"layer {name!r} ran {len(outs)} times in one forward pass; "
+                             "choose a module that runs exactly once")
+        out = outs[0]
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"layer {name!r} outputs {shape}; a target layer must output N x C x h x w")
+        acts[name] = out[0]
+    return logits, acts

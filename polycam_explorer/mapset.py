@@ -1,0 +1,285 @@
+"""MapSet: one image's activations and probe scores, from which every map comes.
+
+One sweep gives ``s0``, ``S+_l`` and ``S-_l`` (channels x classes) for every target layer; a map
+for any class, variant (PCAM+, PCAM-, PCAM±) and depth is then a weighted channel sum and the
+recursion of eq. [3], cached per (class, variant, LNorm) on the map set's device.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from . import polycam
+from .layers import capture_activations, check_layers, describe_layers, inference_state
+from .models import as_classifier, model_fingerprint, probabilities
+from .probes import LayerScores, sweep
+
+CACHE_SIZE = 128
+
+
+class MapSet:
+    """Activations and probe scores of one image; maps for every class, variant and depth.
+
+    Layers are ordered input side first (fine -> coarse). A map set being filled by a running
+    sweep has only its coarsest layers probed: ``depth_available < len(layers)`` and
+    ``complete`` is False; depths up to ``depth_available`` can already be shown.
+    """
+
+    def __init__(self, *, image: torch.Tensor, layers: Sequence[str], activations: Sequence[torch.Tensor],
+                 s0: torch.Tensor, class_names: Sequence[str] | None = None,
+                 model_name: str = "model", model_id: str = "", mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), stats: dict | None = None) -> None:
+        self.image = image
+        self.layers = list(layers)
+        self.activations = list(activations)
+        self.probs = s0
+        n_classes = int(s0.shape[0])
+        self.class_names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_classes)]
+        if len(self.class_names) != n_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {n_classes} model outputs")
+        self.model_name = model_name
+        self.model_id = model_id
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.stats = dict(stats or {})
+        self._plus: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._minus: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._cache: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
+
+    # ----- filling ---------------------------------------------------------------------------
+    def set_scores(self, index: int, scores: LayerScores) -> None:
+        """Store the score matrices of layer ``index`` (called by the sweep, coarsest first)."""
+        self._plus[index], self._minus[index] = scores.s_plus, scores.s_minus
+        self._cache.clear()
+
+    @property
+    def device(self) -> torch.device:
+        return self.probs.device
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Input size ``(H, W)``."""
+        return tuple(self.image.shape[-2:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.probs.shape[0])
+
+    @property
+    def depth_available(self) -> int:
+        """How many layers, from the coarsest, have been probed."""
+        depth = 0
+        for plus in reversed(self._plus):
+            if plus is None:
+                break
+            depth += 1
+        return depth
+
+    @property
+    def complete(self) -> bool:
+        return self.depth_available == len(self.layers)
+
+    def scores(self, layer: int | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S+_l, S-_l)`` of one layer, each ``[K, C]``."""
+        index = self._layer_index(layer)
+        if self._plus[index] is None:
+            raise ValueError(f"layer {self.layers[index]!r} has not been probed yet")
+        return self._plus[index], self._minus[index]
+
+    # ----- reading ---------------------------------------------------------------------------
+    def topk(self, k: int = 5) -> list[tuple[int, str, float]]:
+        """The ``k`` most probable classes as ``(index, name, probability)``."""
+        values, indices = torch.topk(self.probs, min(int(k), self.num_classes))
+        return [(int(i), self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+
+    def weights(self, class_idx: int, variant: str, layer: int | str) -> torch.Tensor:
+        """Channel weights ``w_l,k(c)`` of eq. [4]-[6] for one layer: ``[K]``."""
+        c = self._class_index(class_idx)
+        plus, minus = self.scores(layer)
+        return polycam.channel_weights(variant, self.probs[c], plus[:, c], minus[:, c])
+
+    def layer_cam(self, class_idx: int, variant: str = "+-", layer: int | str = -1) -> torch.Tensor:
+        """The isolated ``CAM_l`` of eq. [2] at the layer's resolution (the paper's ablation)."""
+        index = self._layer_index(layer)
+        return polycam.layer_cam(self.activations[index], self.weights(class_idx, variant, index))
+
+    def poly_maps(self, class_idx: int, variant: str = "+-", lnorm: bool = True) -> list[torch.Tensor]:
+        """``[P_L, ..., P_1]``: the map at depth ``d`` is element ``d - 1``, at its native size.
+
+        Partial map sets give the depths probed so far. Cached (LRU) on the map set's device.
+        """
+        variant = polycam.canonical_variant(variant)
+        key = (self._class_index(class_idx), variant, bool(lnorm))
+        maps = self._cache.get(key)
+        if maps is None:
+            first = len(self.layers) - self.depth_available
+            cams = [self.layer_cam(key[0], variant, i) for i in range(first, len(self.layers))]
+            maps = polycam.poly_recursion(cams, use_lnorm=key[2])
+            self._cache[key] = maps
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return maps
+
+    def saliency(self, class_idx: int, variant: str = "+-", depth: int | None = None,
+                 lnorm: bool = True) -> torch.Tensor:
+        """The map shown or exported: ``u(P)`` at ``depth`` upsampled to ``H x W``, in [0, 1].
+
+        ``depth=None`` means the full depth ``L`` (``P_1``, the Poly-CAM map).
+
+        Raises:
+            ValueError: class out of range, unknown variant, or a depth not (yet) available.
+        """
+        depth = len(self.layers) if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(self.layers):
+            raise ValueError(f"depth must be an int in 1..{len(self.layers)} or None, got {depth!r}")
+        if depth > self.depth_available:
+            raise ValueError(f"depth {depth} is not available yet: only depths 1..{self.depth_available} "
+                             "have been probed")
+        return polycam.display_map(self.poly_maps(class_idx, variant, lnorm)[depth - 1], self.size)
+
+    def to(self, device: torch.device | str) -> "MapSet":
+        """The map set on another device (a copy; the cache is not carried)."""
+        moved = copy.copy(self)
+        moved.image = self.image.to(device)
+        moved.activations = [a.to(device) for a in self.activations]
+        moved.probs = self.probs.to(device)
+        moved._plus = [None if t is None else t.to(device) for t in self._plus]
+        moved._minus = [None if t is None else t.to(device) for t in self._minus]
+        moved._cache = OrderedDict()
+        return moved
+
+    def save(self, path, *, fp16: bool = False) -> None:
+        """Write the map set to one ``.npz`` file (atomically; see :mod:`polycam_explorer.mapset_io`)."""
+        from .mapset_io import save_mapset
+
+        save_mapset(self, path, fp16=fp16)
+
+    @classmethod
+    def load(cls, path, device: torch.device | str | None = None, *, model: nn.Module | None = None,
+             layers: Sequence[str] | None = None) -> "MapSet":
+        """Read a map set saved by :meth:`save`; never runs code (no pickle).
+
+        With ``model`` (or ``layers``), a file made with another model (or other layers) is refused.
+        """
+        from .mapset_io import load_mapset
+
+        return load_mapset(path, device=device, model=model, layers=layers)
+
+    def __repr__(self) -> str:
+        top = self.topk(1)[0]
+        return (f"MapSet({self.model_name}, {self.size[0]}x{self.size[1]}, layers={self.layers}, "
+                f"depth {self.depth_available}/{len(self.layers)}, top: {top[1]!r} {top[2]:.3f})")
+
+    # ----- checks ----------------------------------------------------------------------------
+    def _class_index(self, class_idx: int) -> int:
+        if isinstance(class_idx, bool) or not isinstance(class_idx, int):
+            try:
+                class_idx = int(class_idx)  # numpy / 0-d tensor integers
+            except (TypeError, ValueError):
+                raise ValueError(f"class_idx must be an int, got {class_idx!r}") from None
+        if not 0 <= class_idx < self.num_classes:
+            raise ValueError(f"class_idx {class_idx} is out of range: the model has {self.num_classes} "
+                             f"classes (0..{self.num_classes - 1})")
+        return class_idx
+
+    def _layer_index(self, layer: int | str) -> int:
+        if isinstance(layer, str):
+            if layer not in self.layers:
+                raise ValueError(f"unknown layer {layer!r}; this map set has {self.layers}")
+            return self.layers.index(layer)
+        if not -len(self.layers) <= int(layer) < len(self.layers):
+            raise ValueError(f"layer index {layer} out of range for {len(self.layers)} layers")
+        return int(layer) % len(self.layers)
+
+
+def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
+                batch_size: int = 64, device: torch.device | str | None = None, progress: bool = True,
+                cancel: object | None = None) -> Iterator[MapSet]:
+    """Run the sweep and yield the same MapSet after each layer is probed, coarsest first.
+
+    The first yield already allows depth 1; the last has ``complete`` True. Stopping early (or
+    ``cancel`` being set, which raises :class:`SweepCancelled`) leaves a map set that says it is
+    incomplete. Arguments as :func:`compute_mapset`.
+    """
+    clf = as_classifier(model)
+    x = _check_input(x, clf)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    net = clf.net
+    model_device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    if device is not None and torch.device(device) != model_device:
+        net = copy.deepcopy(net).to(device)  # the user's model stays where it is
+    run_device = next((p.device for p in net.parameters()), torch.device(device or "cpu"))
+    x = x.to(run_device)
+    with inference_state(net):
+        layers = check_layers(net, layers) if layers is not None else [
+            info.name for info in describe_layers(net, x.shape[-2:])]
+        logits, acts = capture_activations(net, x, layers)
+        s0 = probabilities(logits)[0]
+        ms = MapSet(image=x, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
+                    class_names=_class_names(clf, s0.shape[0]), model_name=clf.name,
+                    model_id=model_fingerprint(clf), mean=clf.mean, std=clf.std)
+        for index, scores, counts in sweep(net, x, ms.activations, s0, batch_size=batch_size,
+                                           cancel=cancel, progress=progress):
+            ms.set_scores(index, scores)
+            ms.stats.update(counts, batch_size=batch_size)
+            yield ms
+
+
+def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
+                   batch_size: int = 64, device: torch.device | str | None = None, progress: bool = True,
+                   cancel: object | None = None,
+                   on_layer: Callable[[MapSet, str], None] | None = None) -> MapSet:
+    """One probe sweep over ``x`` -> a complete :class:`MapSet` (every class, variant and depth).
+
+    Args:
+        model: a :class:`Classifier` (from :func:`load_model`) or any ``nn.Module`` classifier.
+        x: the normalised image, ``1 x C x H x W`` (see :func:`load_image`).
+        layers: target layer names, input side first; ``None`` discovers them.
+        batch_size: images per forward pass (bounds peak memory).
+        device: where to run and keep the map set; ``None`` is the model's device. The user's
+            model is copied, not moved, when it lives elsewhere.
+        progress: show a tqdm progress bar.
+        cancel: a ``threading.Event`` or a callable; when set, :class:`SweepCancelled` is raised.
+        on_layer: called as ``on_layer(mapset, layer_name)`` after each layer, coarsest first,
+            with the partial map set (depths up to ``mapset.depth_available`` are ready).
+
+    Raises:
+        ValueError / TypeError: bad image, model, layers or batch size, naming what is accepted.
+        SweepCancelled: when ``cancel`` is set.
+    """
+    ms = None
+    for ms in iter_mapset(model, x, layers, batch_size=batch_size, device=device, progress=progress,
+                          cancel=cancel):
+        if on_layer is not None:
+            on_layer(ms, ms.layers[len(ms.layers) - ms.depth_available])
+    return ms
+
+
+def _class_names(clf, n_classes: int) -> list[str]:
+    return [clf.class_name(i) for i in range(n_classes)]
+
+
+def _check_input(x: torch.Tensor, clf) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W (see pe.load_image), "
+                        f"got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"x must have shape 1 x C x H x W (one image), got {tuple(x.shape)}")
+    if x.shape[1] != clf.channels:
+        raise ValueError(f"x has {x.shape[1]} channels but the model takes {clf.channels}; "
+                         "pe.load_image converts grayscale and RGBA images")
+    if min(x.shape[-2:]) < 8:
+        raise ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; at least 8 x 8 is needed")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    return x.float() if x.dtype == torch.float64 else x

@@ -1,0 +1,123 @@
+"""The probe sweep: insertion and deletion probes for every channel, keeping every class's score.
+
+``S+_l[k] = f(X * M_l^k)`` and ``S-_l[k] = f(X * (1 - M_l^k))`` (ALGORITHM.md, "Probe scores"),
+batched, on the model's device. Masks that are identical are probed once; every all-zero mask
+shares ``f(0)`` (insertion) and ``s0`` (deletion).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .models import probabilities
+from .polycam import resize, unit_normalize
+
+CancelFlag = Callable[[], bool]
+
+
+class SweepCancelled(RuntimeError):
+    """Raised when a sweep is cancelled through its ``cancel`` flag."""
+
+
+@dataclass
+class LayerPlan:
+    """The distinct non-zero masks of one layer, at the layer's resolution."""
+
+    unique: torch.Tensor  # [U, h, w] distinct u(A^k), none all zero
+    inverse: torch.Tensor  # [K] index into unique, -1 for an all-zero mask
+
+    @property
+    def probes(self) -> int:
+        return 2 * self.unique.shape[0]
+
+
+@dataclass
+class LayerScores:
+    """Score matrices of one layer: ``[K, C]`` each."""
+
+    s_plus: torch.Tensor
+    s_minus: torch.Tensor
+
+
+def plan_layer(acts: torch.Tensor) -> LayerPlan:
+    """Group a layer's channels ``[K, h, w]`` by identical mask ``u(A^k)``; all-zero masks get -1."""
+    u = unit_normalize(acts.float())
+    flat = u.reshape(u.shape[0], -1)
+    nonzero = flat.ne(0).any(dim=1)
+    inverse = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
+    unique = flat[:0]
+    if bool(nonzero.any()):
+        unique, inv = torch.unique(flat[nonzero], dim=0, return_inverse=True)
+        inverse[nonzero] = inv
+    return LayerPlan(unique.reshape(-1, *u.shape[1:]), inverse)
+
+
+def _cancelled(cancel: CancelFlag | object | None) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if is_set is not None else cancel())
+
+
+def probe_layer(net: nn.Module, x: torch.Tensor, plan: LayerPlan, s0: torch.Tensor,
+                f_zero: torch.Tensor, *, batch_size: int, cancel: object | None = None,
+                on_batch: Callable[[int], None] | None = None) -> LayerScores:
+    """Run the layer's distinct probes in batches of at most ``batch_size`` images.
+
+    Probe ``j`` is mask ``j // 2``, insertion when ``j`` is even, deletion when odd.
+
+    Raises:
+        SweepCancelled: when ``cancel`` is set between two batches.
+    """
+    size = x.shape[-2:]
+    n_unique = plan.unique.shape[0]
+    n_classes = s0.shape[0]
+    plus = torch.empty(n_unique, n_classes, device=x.device)
+    minus = torch.empty(n_unique, n_classes, device=x.device)
+    for start in range(0, plan.probes, batch_size):
+        if _cancelled(cancel):
+            raise SweepCancelled("probe sweep cancelled")
+        j = torch.arange(start, min(start + batch_size, plan.probes), device=x.device)
+        idx, deletion = j // 2, (j % 2).bool()
+        masks = resize(plan.unique[idx], size)
+        masks = torch.where(deletion[:, None, None], 1.0 - masks, masks)
+        probs = probabilities(net(x * masks[:, None].to(x.dtype)))
+        plus[idx[~deletion]] = probs[~deletion]
+        minus[idx[deletion]] = probs[deletion]
+        if on_batch is not None:
+            on_batch(int(j.numel()))
+    zero = plan.inverse < 0
+    safe = plan.inverse.clamp(min=0)
+    s_plus = torch.where(zero[:, None], f_zero[None], plus[safe] if n_unique else f_zero[None])
+    s_minus = torch.where(zero[:, None], s0[None], minus[safe] if n_unique else s0[None])
+    return LayerScores(s_plus, s_minus)
+
+
+def sweep(net: nn.Module, x: torch.Tensor, acts: Sequence[torch.Tensor], s0: torch.Tensor, *,
+          batch_size: int = 64, cancel: object | None = None, progress: bool = True,
+          ) -> Iterator[tuple[int, LayerScores, dict[str, int]]]:
+    """Probe the layers coarsest first; yield ``(layer_index, scores, counts)`` as each finishes.
+
+    ``acts`` are the layers' activations ``[K, h, w]``, fine -> coarse. ``counts`` holds the
+    forward passes run so far and the naive count (two per channel) for the layers done.
+    """
+    from tqdm.auto import tqdm
+
+    plans = [plan_layer(a) for a in acts]
+    total = 1 + sum(p.probes for p in plans)
+    counts = {"forward_passes": 0, "naive_passes": 0}
+    with tqdm(total=total, desc="Poly-CAM probes", unit="img", disable=not progress, leave=False) as bar:
+        def advance(n: int) -> None:
+            counts["forward_passes"] += n
+            bar.update(n)
+
+        f_zero = probabilities(net(torch.zeros_like(x)))[0]
+        advance(1)
+        for index in reversed(range(len(plans))):
+            scores = probe_layer(net, x, plans[index], s0, f_zero, batch_size=batch_size,
+                                 cancel=cancel, on_batch=advance)
+            counts["naive_passes"] += 2 * acts[index].shape[0]
+            yield index, scores, dict(counts)

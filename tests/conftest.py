@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny seeded CNN for the logic, the embedded model for the real thing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import polycam_explorer as pe
+
+DATA = Path(pe.__file__).parent / "data"
+
+
+class TinyNet(nn.Module):
+    """16x16 input -> layers at 16, 8 and 4 pixels (features.1, .3, .5) -> ``n_classes`` logits."""
+
+    def __init__(self, n_classes: int = 5, in_channels: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+TINY_LAYERS = ["features.1", "features.3", "features.5"]
+
+
+@pytest.fixture
+def tiny_model() -> pe.Classifier:
+    return pe.Classifier(TinyNet().eval(), name="tiny", mean=(0.5,) * 3, std=(0.5,) * 3,
+                         input_size=(16, 16), class_names=[f"c{i}" for i in range(5)])
+
+
+@pytest.fixture
+def tiny_x() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(1, 3, 16, 16, generator=g)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> pe.Classifier:
+    return pe.load_model()
+
+
+@pytest.fixture
+def sample() -> callable:
+    def path(name: str) -> Path:
+        return DATA / f"{name}.jpg"
+    return path
