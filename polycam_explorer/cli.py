@@ -1,0 +1,116 @@
+"""Command line: ``polycam-explorer explain IMAGE --out DIR``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import render
+from .mapset import MapSet, compute_mapset
+from .models import load_image, load_model
+
+SAMPLES = Path(__file__).parent / "data"
+VARIANT_FILE_NAMES = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}
+
+
+def _class_index(ms: MapSet, spec: str | None) -> int:
+    """``None`` -> top-1; an index; or a class name (case-insensitive)."""
+    if spec is None:
+        return ms.topk(1)[0][0]
+    if spec.isdigit():
+        return ms._class_index(int(spec))
+    names = [n.lower() for n in ms.class_names]
+    if spec.lower() not in names:
+        raise ValueError(f"--class {spec!r} is neither a class index (0..{ms.num_classes - 1}) nor a class "
+                         "name of this model")
+    return names.index(spec.lower())
+
+
+def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
+            model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
+            batch_size: int = 64, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
+            progress: bool = True) -> dict:
+    """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid."""
+    model = load_model(model_name, weights)
+    x = load_image(image, model, size=size)
+    ms = compute_mapset(model, x, layers, batch_size=batch_size, progress=progress)
+    c = _class_index(ms, class_spec)
+    out_dir = Path(out)
+    stem = Path(image).stem
+    picture = render.image_uint8(ms.image, ms.mean, ms.std)
+    rows, files = [], []
+    for variant in variants:
+        row = []
+        for depth, layer in enumerate(reversed(ms.layers), start=1):
+            tile = render.overlay(picture, ms.saliency(c, variant, depth), cmap)
+            path = out_dir / f"{stem}_{VARIANT_FILE_NAMES[variant]}_depth{depth}_{layer}.png"
+            render.save_png(tile, path)
+            files.append(str(path))
+            row.append(tile)
+        rows.append(row)
+    labels = [f"{l} ({ms.activations[i].shape[-2]}x{ms.activations[i].shape[-1]})"
+              for i, l in reversed(list(enumerate(ms.layers)))]
+    summary = render.grid([[picture] + r for r in rows],
+                          row_labels=[VARIANT_FILE_NAMES[v].upper() for v in variants],
+                          col_labels=["image"] + [f"d{d}: {lab}" for d, lab in enumerate(labels, 1)])
+    render.save_png(summary, out_dir / f"{stem}_summary.png")
+    if save_mapset:
+        ms.save(out_dir / f"{stem}.mapset.npz", fp16=True)
+    report = {"image": image, "model": ms.model_name, "layers": ms.layers, "explained_class": c,
+              "explained_name": ms.class_names[c],
+              "top5": [{"index": i, "name": n, "probability": p} for i, n, p in ms.topk(5)],
+              "forward_passes": ms.stats.get("forward_passes"), "naive_passes": ms.stats.get("naive_passes"),
+              "files": files + [str(out_dir / f"{stem}_summary.png")]}
+    tmp = out_dir / f".{stem}_explain.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out_dir / f"{stem}_explain.json")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polycam-explorer", description="Poly-CAM saliency maps (ICPR 2022).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("explain", help="top classes and a Poly-CAM overlay per variant and depth")
+    p.add_argument("image", nargs="?", default=str(SAMPLES / "chelsea.jpg"),
+                   help="image file (jpg, png, ...); default: the bundled sample cat")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--class", dest="class_spec", help="class index or name (default: the top prediction)")
+    p.add_argument("--variant", choices=["+", "-", "+-", "±", "all"], default="all",
+                   help="PCAM+, PCAM-, PCAM± or all three (default)")
+    p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
+    p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
+    p.add_argument("--layers", help="comma-separated target layer names (default: discovered)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--size", type=int, help="resize the image to SIZE x SIZE (default: the model's input size)")
+    p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
+    p.add_argument("--save-mapset", action="store_true", help="also write the map set (.npz, fp16)")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "explain":
+            variants = ("+", "-", "+-") if args.variant == "all" else ("+-" if args.variant == "±" else args.variant,)
+            report = explain(args.image, args.out, class_spec=args.class_spec, variants=variants,
+                             model_name=args.model, weights=args.weights,
+                             layers=args.layers.split(",") if args.layers else None,
+                             batch_size=args.batch_size, size=args.size, cmap=args.cmap,
+                             save_mapset=args.save_mapset, progress=not args.no_progress)
+            for entry in report["top5"]:
+                print(f"{entry['probability']:.3f}  {entry['index']:>4}  {entry['name']}")
+            print(f"explained: {report['explained_name']} -> {args.out}")
+    except (ValueError, TypeError) as exc:
+        print(f"polycam-explorer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polycam-explorer: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

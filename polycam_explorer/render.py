@@ -1,0 +1,103 @@
+"""Pixels: colormaps, overlays, masked images and figure grids as ``H x W x 3`` uint8 arrays.
+
+The single place where maps leave the device and become images.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLORMAPS = ("turbo", "viridis", "inferno", "jet", "magma", "plasma", "gray")
+
+
+@lru_cache(maxsize=None)
+def colormap(name: str = "turbo") -> np.ndarray:
+    """A 256 x 3 uint8 lookup table of a matplotlib colormap.
+
+    Raises:
+        ValueError: for a name not in :data:`COLORMAPS`.
+    """
+    if name not in COLORMAPS:
+        raise ValueError(f"colormap must be one of {COLORMAPS}, got {name!r}")
+    from matplotlib import colormaps
+
+    lut = colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
+    return (lut * 255.0 + 0.5).astype(np.uint8)
+
+
+def _as_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
+def image_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the model's normalisation: ``1 x C x H x W`` -> ``H x W x 3`` uint8 (gray is repeated)."""
+    x = x.detach().float().cpu()[0]
+    x = x * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    rgb = x.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def heatmap(saliency: torch.Tensor | np.ndarray, cmap: str = "turbo") -> np.ndarray:
+    """Colour a map in [0, 1] (``H x W``) with ``cmap``."""
+    s = np.clip(_as_numpy(saliency), 0.0, 1.0)
+    return colormap(cmap)[(s * 255.0 + 0.5).astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, saliency: torch.Tensor | np.ndarray, cmap: str = "turbo",
+            alpha: float = 0.5) -> np.ndarray:
+    """Blend the coloured map over the image with opacity ``alpha`` in [0, 1]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * heatmap(saliency, cmap).astype(np.float32)
+    return (blend + 0.5).astype(np.uint8)
+
+
+def masked(image: np.ndarray, saliency: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The image multiplied by the map: what the map keeps (the paper's Figure 4)."""
+    s = np.clip(_as_numpy(saliency), 0.0, 1.0)[..., None]
+    return (image.astype(np.float32) * s + 0.5).astype(np.uint8)
+
+
+def grid(tiles: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[str] = (),
+         col_labels: Sequence[str] = (), pad: int = 4) -> np.ndarray:
+    """Arrange equally sized ``H x W x 3`` tiles in rows, with optional text labels."""
+    h, w = tiles[0][0].shape[:2]
+    left = 90 if row_labels else 0
+    top = 16 if col_labels else 0
+    n_rows, n_cols = len(tiles), max(len(r) for r in tiles)
+    canvas = Image.new("RGB", (left + n_cols * (w + pad) + pad, top + n_rows * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(tiles):
+        y = top + pad + r * (h + pad)
+        if r < len(row_labels):
+            draw.text((4, y + h // 2 - 6), row_labels[r], fill="black")
+        for c, tile in enumerate(row):
+            canvas.paste(Image.fromarray(tile), (left + pad + c * (w + pad), y))
+    for c, label in enumerate(col_labels):
+        draw.text((left + pad + c * (w + pad) + 2, 2), label, fill="black")
+    return np.asarray(canvas)
+
+
+def save_png(pixels: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an ``H x W x 3`` uint8 array as PNG, atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(pixels).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
