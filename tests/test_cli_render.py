@@ -1,0 +1,71 @@
+"""The explain command end to end on the embedded model, and the pixel helpers."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polycam_explorer import cli, render
+
+
+def test_explain_writes_top_classes_and_an_overlay_per_variant_and_depth(tmp_path, sample, capsys):
+    rc = cli.main(["explain", str(sample("coffee")), "--out", str(tmp_path), "--size", "64",
+                   "--layers", "blocks.1,blocks.2", "--no-progress", "--save-mapset"])
+    assert rc == 0
+    report = json.loads((tmp_path / "coffee_explain.json").read_text())
+    assert len(report["top5"]) == 5 and report["explained_class"] == report["top5"][0]["index"]
+    names = sorted(p.name for p in tmp_path.glob("coffee_pcam*.png"))
+    assert len(names) == 6 and "coffee_pcam+-_depth2_blocks.1.png" in names
+    assert Image.open(tmp_path / "coffee_pcam-_depth1_blocks.2.png").size == (64, 64)
+    assert (tmp_path / "coffee_summary.png").is_file() and (tmp_path / "coffee.mapset.npz").is_file()
+    assert not list(tmp_path.glob(".*tmp"))
+    assert report["top5"][0]["name"] in capsys.readouterr().out
+
+
+def test_explain_by_class_name_and_single_variant(tmp_path, sample):
+    rc = cli.main(["explain", str(sample("chelsea")), "--out", str(tmp_path), "--size", "64", "--class", "tabby",
+                   "--variant", "±", "--layers", "blocks.2", "--no-progress"])
+    assert rc == 0
+    report = json.loads((tmp_path / "chelsea_explain.json").read_text())
+    assert report["explained_name"] == "tabby" and report["explained_class"] == 281
+    assert [p.name for p in tmp_path.glob("*.png") if "pcam" in p.name] == ["chelsea_pcam+-_depth1_blocks.2.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "unicorn"], "--class 'unicorn'"),
+    (["--layers", "nope"], "unknown layer"),
+])
+def test_explain_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, sample, capsys, args, message):
+    out = tmp_path / "out"
+    rc = cli.main(["explain", str(sample("chelsea")), "--out", str(out), "--size", "32", "--no-progress",
+                   "--layers", "blocks.2"] + args)
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_explain_missing_image(tmp_path, capsys):
+    assert cli.main(["explain", str(tmp_path / "none.jpg"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_colormap_luts_and_heatmap_ends():
+    for name in render.COLORMAPS:
+        assert render.colormap(name).shape == (256, 3)
+    s = torch.tensor([[0.0, 1.0]])
+    hm = render.heatmap(s, "gray")
+    assert hm[0, 0].tolist() == [0, 0, 0] and hm[0, 1].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError, match="colormap must be one of"):
+        render.colormap("rainbowish")
+
+
+def test_overlay_masked_and_image_roundtrip():
+    x = torch.zeros(1, 3, 2, 2)  # normalised 0 with mean 0.5, std 0.5 -> grey 128
+    img = render.image_uint8(x, (0.5,) * 3, (0.5,) * 3)
+    assert img.shape == (2, 2, 3) and int(img[0, 0, 0]) == 128
+    s = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
+    assert render.masked(img, s)[:, :, 0].tolist() == [[0, 128], [64, 32]]
+    assert np.array_equal(render.overlay(img, s, alpha=0.0), img)
+    assert np.array_equal(render.overlay(img, s, "gray", alpha=1.0), render.heatmap(s, "gray"))
+    gray = render.image_uint8(torch.zeros(1, 1, 2, 2), (0.5,), (0.5,))
+    assert gray.shape == (2, 2, 3)
