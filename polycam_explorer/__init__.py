@@ -2,6 +2,7 @@
 depth from one probe sweep, and an interactive explorer for them."""
 from .layers import LayerInfo, describe_layers, find_target_layers
 from .mapset import MapSet, compute_mapset, iter_mapset
+from .metrics import deletion, insertion
 from .models import Classifier, as_classifier, load_image, load_model, model_fingerprint
 from .probes import SweepCancelled
 
@@ -9,6 +10,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Classifier", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "compute_mapset",
-    "describe_layers", "find_target_layers", "iter_mapset", "load_image", "load_model",
+    "deletion", "describe_layers", "find_target_layers", "insertion", "iter_mapset", "load_image", "load_model",
     "model_fingerprint",
 ]

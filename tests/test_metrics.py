@@ -1,0 +1,104 @@
+"""Insertion / deletion against the protocol of ALGORITHM.md on hand-built models and maps."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import polycam_explorer as pe
+from polycam_explorer.metrics import blur_baseline, saliency_rank
+
+
+class Recorder(nn.Module):
+    """Logit 0 = 0 always; logit 1 = weighted sum of channel 0. Records every input it sees."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)  # gives the model an input-channel count; unused in forward
+        self.register_buffer("weight", weight)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        logit = (x[:, 0] * self.weight).sum(dim=(1, 2))
+        return torch.stack([torch.zeros_like(logit), logit], dim=1)
+
+
+def _setup(h=12, w=10):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.rand(h, w, generator=g)
+    x = torch.rand(1, 3, h, w, generator=g) + 0.5
+    return Recorder(weight), x
+
+
+@pytest.mark.parametrize("n_steps", [120, 7, 1])
+def test_pixels_per_step_and_sample_content(n_steps):
+    model, x = _setup()
+    sal = torch.rand(12, 10)
+    auc, curve = pe.insertion(model, x, sal, 1, n_steps=n_steps, batch_size=4)
+    samples = torch.cat(model.seen[1:])  # the first pass reads the class count
+    base = blur_baseline(x)
+    p = math.ceil(120 / n_steps)
+    rank = saliency_rank(sal).reshape(12, 10)
+    assert samples.shape[0] == n_steps and curve.shape == (n_steps,)
+    for t in range(1, n_steps + 1):
+        shown = rank < t * p
+        assert int(shown.sum()) == min(t * p, 120)
+        assert torch.equal(samples[t - 1][:, shown], x[0][:, shown])
+        assert torch.equal(samples[t - 1][:, ~shown], base[0][:, ~shown])
+    assert auc == pytest.approx(float(curve.sum()) / n_steps, rel=1e-6)
+
+
+def test_curve_values_are_class_probabilities_computed_by_hand():
+    model, x = _setup()
+    sal = model.weight.clone()
+    _, curve = pe.deletion(model, x, sal, 1, n_steps=120)
+    base = blur_baseline(x)[0, 0]
+    order = torch.argsort(sal.reshape(-1), descending=True)
+    img = x[0, 0].reshape(-1).clone()
+    for t in range(120):
+        img[order[t]] = base.reshape(-1)[order[t]]
+        logit = (img.reshape(12, 10) * model.weight).sum()
+        assert curve[t] == pytest.approx(float(torch.sigmoid(logit)), abs=1e-6)
+
+
+def test_true_importance_beats_a_random_map():
+    model, x = _setup(12, 12)
+    model.weight = torch.zeros(12, 12)
+    model.weight[3:7, 2:9] = 0.1
+    x = -torch.ones(1, 3, 12, 12)
+    x[:, :, 3:7, 2:9] = 1.0  # the important region differs from its blurred baseline
+    rand = torch.rand(12, 12, generator=torch.Generator().manual_seed(3))
+    true_ins, _ = pe.insertion(model, x, model.weight + 0.01 * rand, 1, n_steps=24)
+    rand_ins, _ = pe.insertion(model, x, rand, 1, n_steps=24)
+    true_del, _ = pe.deletion(model, x, model.weight + 0.01 * rand, 1, n_steps=24)
+    rand_del, _ = pe.deletion(model, x, rand, 1, n_steps=24)
+    assert true_ins > rand_ins + 0.02 and true_del < rand_del - 0.02
+
+
+def test_ties_are_broken_by_index_later_pixels_first():
+    rank = saliency_rank(torch.tensor([[0.5, 1.0], [0.5, 0.5]]))
+    assert rank.tolist() == [3, 0, 2, 1]
+
+
+def test_rise_option_adds_the_zero_point_and_uses_the_trapezoid():
+    model, x = _setup()
+    sal = torch.rand(12, 10)
+    auc, curve = pe.insertion(model, x, sal, 1, n_steps=10, rise=True)
+    assert curve.shape == (11,)
+    assert auc == pytest.approx(float(np.trapezoid(curve.astype(np.float64)) / 10), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"saliency": torch.rand(5, 5)}, "saliency must be 12 x 10"),
+    ({"n_steps": 0}, "n_steps"),
+    ({"class_idx": 2}, "class_idx"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    model, x = _setup()
+    args = {"saliency": torch.rand(12, 10), "class_idx": 1, "n_steps": 10, "batch_size": 4} | kwargs
+    with pytest.raises(ValueError, match=message):
+        pe.insertion(model, x, args["saliency"], args["class_idx"], n_steps=args["n_steps"],
+                     batch_size=args["batch_size"])
