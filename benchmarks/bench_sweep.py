@@ -1,0 +1,119 @@
+"""Sweep benchmark: our one-sweep map set against the bare forward passes and the per-class method.
+
+Prints, measured in one run on this machine:
+  (a) compute_mapset wall time / wall time of the bare batched forward passes it needs (target <= 1.10)
+  (b) forward passes saved by de-duplicating identical and all-zero masks
+  (c) 3 variants x top-3 classes from one sweep vs recomputing the probes per class and variant,
+      as the authors' code does (target >= 6)
+The last line is one JSON object with every figure.
+
+    python benchmarks/bench_sweep.py [--layers blocks.1,blocks.2,blocks.4] [--batch-size 64] [--full]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+import polycam_explorer as pe
+from polycam_explorer import polycam
+from polycam_explorer.layers import capture_activations, inference_state
+from polycam_explorer.models import probabilities
+from polycam_explorer.probes import plan_layer
+
+SAMPLE = pe.models.Path(pe.__file__).parent / "data" / "chelsea.jpg"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def bare_passes(net, x, batch_sizes):
+    """The same forward passes as the sweep, on unmasked inputs: no hooks, masks or bookkeeping."""
+    batches = {b: x.expand(b, -1, -1, -1).contiguous() for b in set(batch_sizes)}
+    with inference_state(net):
+        for b in batch_sizes:
+            probabilities(net(batches[b]))
+
+
+def sweep_batch_sizes(ms, batch_size):
+    sizes = [1, 1]  # the activation capture (gives s0) and f(0), shared by all all-zero masks
+    for acts in ms.activations:
+        probes = 2 * plan_layer(acts).unique.shape[0]
+        sizes += [min(batch_size, probes - s) for s in range(0, probes, batch_size)]
+    return sizes
+
+
+def per_class_method(net, x, layers, class_idx, variant, batch_size):
+    """One map the way the authors' code makes it: a probe sweep for this class and variant alone,
+    keeping only this class's score; PCAM+ runs insertion probes, PCAM- deletion, PCAM± both."""
+    with inference_state(net):
+        logits, acts = capture_activations(net, x, layers)
+        cams = []
+        for layer in reversed(layers):
+            s0 = probabilities(net(x))[0, class_idx]  # the authors' code re-runs the base pass per layer
+            masks = polycam.activation_masks(acts[layer], x.shape[-2:])
+            kinds = {"+": (False,), "-": (True,), "+-": (False, True)}[variant]
+            scores = {}
+            for deletion in kinds:
+                out = []
+                for s in range(0, masks.shape[0], batch_size):
+                    m = masks[s:s + batch_size, None]
+                    out.append(probabilities(net(x * ((1 - m) if deletion else m)))[:, class_idx])
+                scores[deletion] = torch.cat(out)
+            plus = scores.get(False, torch.zeros(masks.shape[0]))
+            minus = scores.get(True, torch.zeros(masks.shape[0]))
+            cams.insert(0, polycam.layer_cam(acts[layer], polycam.channel_weights(variant, s0, plus, minus)))
+        return polycam.display_map(polycam.poly_recursion(cams)[-1], x.shape[-2:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="blocks.1,blocks.2,blocks.4",
+                        help="target layers of the embedded model (keeps the per-class baseline short)")
+    parser.add_argument("--full", action="store_true", help="all discovered layers (slow on a CPU)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+
+    model = pe.load_model()
+    net = model.net
+    x = pe.load_image(SAMPLE, model, size=args.size)
+    layers = pe.find_target_layers(model, (args.size, args.size)) if args.full else args.layers.split(",")
+    bare_passes(net, x, [args.batch_size])  # warm-up
+
+    t_sweep, ms = timed(lambda: pe.compute_mapset(model, x, layers, batch_size=args.batch_size, progress=False))
+    sizes = sweep_batch_sizes(ms, args.batch_size)
+    t_bare, _ = timed(lambda: bare_passes(net, x, sizes))
+    channels = sum(a.shape[0] for a in ms.activations)
+    naive = 2 * channels + 1
+    ours = ms.stats["forward_passes"] + 1
+    top3 = [c for c, _, _ in ms.topk(3)]
+    t_maps, _ = timed(lambda: [ms.saliency(c, v) for c in top3 for v in polycam.VARIANTS])
+    t_per_class, _ = timed(lambda: [per_class_method(net, x, layers, c, v, args.batch_size)
+                                    for c in top3 for v in polycam.VARIANTS])
+    t_one_sweep = t_sweep + t_maps
+    result = {
+        "model": ms.model_name, "size": args.size, "layers": layers, "channels": channels,
+        "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+        "sweep_s": round(t_sweep, 3), "bare_forward_s": round(t_bare, 3),
+        "sweep_over_bare": round(t_sweep / t_bare, 3),
+        "naive_passes": naive, "forward_passes": ours, "passes_saved": naive - ours,
+        "nine_maps_from_one_sweep_s": round(t_one_sweep, 3), "nine_maps_per_class_s": round(t_per_class, 3),
+        "one_sweep_speedup": round(t_per_class / t_one_sweep, 2),
+        "maps_after_sweep_ms": round(1000 * t_maps, 2),
+    }
+    print(f"(a) sweep {t_sweep:.2f} s / bare forward passes {t_bare:.2f} s = {t_sweep / t_bare:.3f} (target <= 1.10)")
+    print(f"(b) forward passes {ours} of {naive} naive: {naive - ours} saved by de-duplication")
+    print(f"(c) 9 maps: one sweep {t_one_sweep:.2f} s vs per class and variant {t_per_class:.2f} s = "
+          f"{t_per_class / t_one_sweep:.2f}x (target >= 6)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
