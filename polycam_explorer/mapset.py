@@ -112,10 +112,11 @@ class MapSet:
         Partial map sets give the depths probed so far. Cached (LRU) on the map set's device.
         """
         variant = polycam.canonical_variant(variant)
-        key = (self._class_index(class_idx), variant, bool(lnorm))
+        # depth_available in the key: a sweep still filling the set never gets a stale stack
+        key = (self._class_index(class_idx), variant, bool(lnorm), self.depth_available)
         maps = self._cache.get(key)
         if maps is None:
-            first = len(self.layers) - self.depth_available
+            first = len(self.layers) - key[3]
             cams = [self.layer_cam(key[0], variant, i) for i in range(first, len(self.layers))]
             maps = polycam.poly_recursion(cams, use_lnorm=key[2])
             self._cache[key] = maps

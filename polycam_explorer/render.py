@@ -19,15 +19,15 @@ COLORMAPS = ("turbo", "viridis", "inferno", "jet", "magma", "plasma", "gray")
 
 @lru_cache(maxsize=None)
 def colormap(name: str = "turbo") -> np.ndarray:
-    """A 256 x 3 uint8 lookup table of a matplotlib colormap.
+    """A 256 x 3 uint8 lookup table of a matplotlib colormap (the explorer offers :data:`COLORMAPS`).
 
     Raises:
-        ValueError: for a name not in :data:`COLORMAPS`.
+        ValueError: for a name matplotlib does not know.
     """
-    if name not in COLORMAPS:
-        raise ValueError(f"colormap must be one of {COLORMAPS}, got {name!r}")
     from matplotlib import colormaps
 
+    if name not in colormaps:
+        raise ValueError(f"colormap must be a matplotlib colormap such as {COLORMAPS}, got {name!r}")
     lut = colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
     return (lut * 255.0 + 0.5).astype(np.uint8)
 

@@ -55,7 +55,7 @@ def test_colormap_luts_and_heatmap_ends():
     s = torch.tensor([[0.0, 1.0]])
     hm = render.heatmap(s, "gray")
     assert hm[0, 0].tolist() == [0, 0, 0] and hm[0, 1].tolist() == [255, 255, 255]
-    with pytest.raises(ValueError, match="colormap must be one of"):
+    with pytest.raises(ValueError, match="colormap must be a matplotlib colormap"):
         render.colormap("rainbowish")
 
 
