@@ -198,10 +198,12 @@ def capture_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass returning the logits and a copy of each layer's output ``[C, h, w]``.
 
-    Copies are taken inside the hook, so later in-place operations cannot change them.
+    Copies are taken inside the hook, so later in-place operations cannot change them; the model
+    gets a copy of ``x``, so ``x`` (the user's image, reused by the probes) stays as it was.
 
     Raises:
-        ValueError: if a layer runs more than once in the pass, or its output is not 4-D.
+        ValueError: if a layer runs more than once in the pass, its output is not 4-D, or a
+            layer is larger than the one before it (names must go fine -> coarse).
     """
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
 
@@ -211,7 +213,7 @@ def capture_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
         return fn
 
     with hooks(model, layers, keep):
-        logits = model(x)
+        logits = model(x.clone())  # a model that changes its input in place must not change ``x``
     acts = {}
     for name, outs in captured.items():
         if len(outs) != 1:
@@ -222,4 +224,9 @@ def capture_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"layer {name!r} outputs {shape}; a target layer must output N x C x h x w")
         acts[name] = out[0]
+    for finer, coarser in zip(layers, layers[1:]):
+        (h1, w1), (h2, w2) = acts[finer].shape[-2:], acts[coarser].shape[-2:]
+        if h2 > h1 or w2 > w1:
+            raise ValueError(f"layers must be given input side first (fine -> coarse), but {coarser!r} "
+                             f"({h2} x {w2}) comes after {finer!r} ({h1} x {w1})")
     return logits, acts

@@ -1,6 +1,8 @@
 """Saving and loading map sets as one ``.npz`` file: plain arrays and a JSON header, no pickle.
 
 Written to a temporary file beside the target, then renamed, so no half-written file is left.
+With ``fp16``, deletion scores are stored as ``s0 - S-`` (array ``dminus_l``), not as ``S-``: the
+PCAM- weights ``ReLU(s0 - S-)`` are often far smaller than fp16's rounding step near ``s0``.
 """
 from __future__ import annotations
 
@@ -40,7 +42,10 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
         arrays[f"act_{i}"] = arr(act)
         if ms._plus[i] is not None:
             arrays[f"splus_{i}"] = arr(ms._plus[i])
-            arrays[f"sminus_{i}"] = arr(ms._minus[i])
+            if fp16:
+                arrays[f"dminus_{i}"] = arr(ms.probs.float()[None] - ms._minus[i].float())
+            else:
+                arrays[f"sminus_{i}"] = arr(ms._minus[i])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -98,7 +103,11 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
                 model_id=header["model_id"], mean=header["mean"], std=header["std"], stats=header["stats"])
     for i, probed in enumerate(header["probed"]):
         if probed:
-            scores = LayerScores(tensor(f"splus_{i}"), tensor(f"sminus_{i}"))
+            if f"dminus_{i}" in arrays:  # fp16 files: s0 - S-
+                s_minus = ms.probs[None] - tensor(f"dminus_{i}")
+            else:
+                s_minus = tensor(f"sminus_{i}")
+            scores = LayerScores(tensor(f"splus_{i}"), s_minus)
             expected = (ms.activations[i].shape[0], ms.num_classes)
             if tuple(scores.s_plus.shape) != expected or tuple(scores.s_minus.shape) != expected:
                 raise ValueError(f"{str(path)!r}: scores of layer {header['layers'][i]!r} have shape "

@@ -48,6 +48,7 @@ class Classifier(nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         super().__init__()
         self.net = net
+        self.training = net.training  # the wrapper's own flag follows the net (whose flags stay as they are)
         channels = input_channels(net)
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std need {channels} values (the model's input channels), "
