@@ -10,6 +10,7 @@ import copy
 from collections import OrderedDict
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -178,11 +179,11 @@ class MapSet:
 
     # ----- checks ----------------------------------------------------------------------------
     def _class_index(self, class_idx: int) -> int:
-        if isinstance(class_idx, bool) or not isinstance(class_idx, int):
-            try:
-                class_idx = int(class_idx)  # numpy / 0-d tensor integers
-            except (TypeError, ValueError):
-                raise ValueError(f"class_idx must be an int, got {class_idx!r}") from None
+        if isinstance(class_idx, torch.Tensor) and class_idx.numel() == 1 and not class_idx.is_floating_point():
+            class_idx = class_idx.item()
+        if isinstance(class_idx, (bool, np.bool_)) or not isinstance(class_idx, (int, np.integer)):
+            raise ValueError(f"class_idx must be an int, got {class_idx!r}")
+        class_idx = int(class_idx)
         if not 0 <= class_idx < self.num_classes:
             raise ValueError(f"class_idx {class_idx} is out of range: the model has {self.num_classes} "
                              f"classes (0..{self.num_classes - 1})")

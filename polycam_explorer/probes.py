@@ -117,6 +117,8 @@ def sweep(net: nn.Module, x: torch.Tensor, acts: Sequence[torch.Tensor], s0: tor
         f_zero = probabilities(net(torch.zeros_like(x)))[0]
         advance(1)
         for index in reversed(range(len(plans))):
+            if _cancelled(cancel):
+                raise SweepCancelled("probe sweep cancelled")
             scores = probe_layer(net, x, plans[index], s0, f_zero, batch_size=batch_size,
                                  cancel=cancel, on_batch=advance)
             counts["naive_passes"] += 2 * acts[index].shape[0]
