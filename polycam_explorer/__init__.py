@@ -8,8 +8,20 @@ from .probes import SweepCancelled
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``pe.Explorer`` and ``pe.explore`` need the widget extra; import them on first use."""
+    if name == "Explorer":
+        from .explorer import Explorer
+        return Explorer
+    if name == "explore":
+        from .explorer.explore import explore
+        return explore
+    raise AttributeError(f"module 'polycam_explorer' has no attribute {name!r}")
+
+
 __all__ = [
-    "Classifier", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "compute_mapset",
-    "deletion", "describe_layers", "find_target_layers", "insertion", "iter_mapset", "load_image", "load_model",
-    "model_fingerprint",
+    "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "compute_mapset",
+    "deletion", "describe_layers", "explore", "find_target_layers", "insertion", "iter_mapset",
+    "load_image", "load_model", "model_fingerprint",
 ]

@@ -200,8 +200,9 @@ class MapSet:
 
 
 def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
-                batch_size: int = 64, device: torch.device | str | None = None, progress: bool = True,
-                cancel: object | None = None) -> Iterator[MapSet]:
+                batch_size: int = 64, device: torch.device | str | None = None,
+                progress: bool | Callable[[int, int], None] = True, cancel: object | None = None
+                ) -> Iterator[MapSet]:
     """Run the sweep and yield the same MapSet after each layer is probed, coarsest first.
 
     The first yield already allows depth 1; the last has ``complete`` True. Stopping early (or
@@ -234,8 +235,8 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
 
 
 def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
-                   batch_size: int = 64, device: torch.device | str | None = None, progress: bool = True,
-                   cancel: object | None = None,
+                   batch_size: int = 64, device: torch.device | str | None = None,
+                   progress: bool | Callable[[int, int], None] = True, cancel: object | None = None,
                    on_layer: Callable[[MapSet, str], None] | None = None) -> MapSet:
     """One probe sweep over ``x`` -> a complete :class:`MapSet` (every class, variant and depth).
 
@@ -246,7 +247,7 @@ def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
         batch_size: images per forward pass (bounds peak memory).
         device: where to run and keep the map set; ``None`` is the model's device. The user's
             model is copied, not moved, when it lives elsewhere.
-        progress: show a tqdm progress bar.
+        progress: True for a tqdm progress bar, or a callable ``(done, total)`` per probe batch.
         cancel: a ``threading.Event`` or a callable; when set, :class:`SweepCancelled` is raised.
         on_layer: called as ``on_layer(mapset, layer_name)`` after each layer, coarsest first,
             with the partial map set (depths up to ``mapset.depth_available`` are ready).

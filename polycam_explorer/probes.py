@@ -97,22 +97,27 @@ def probe_layer(net: nn.Module, x: torch.Tensor, plan: LayerPlan, s0: torch.Tens
 
 
 def sweep(net: nn.Module, x: torch.Tensor, acts: Sequence[torch.Tensor], s0: torch.Tensor, *,
-          batch_size: int = 64, cancel: object | None = None, progress: bool = True,
+          batch_size: int = 64, cancel: object | None = None,
+          progress: bool | Callable[[int, int], None] = True,
           ) -> Iterator[tuple[int, LayerScores, dict[str, int]]]:
     """Probe the layers coarsest first; yield ``(layer_index, scores, counts)`` as each finishes.
 
     ``acts`` are the layers' activations ``[K, h, w]``, fine -> coarse. ``counts`` holds the
     forward passes run so far and the naive count (two per channel) for the layers done.
+    ``progress`` is True for a tqdm bar, or a callable ``(done, total)`` called after each batch.
     """
     from tqdm.auto import tqdm
 
     plans = [plan_layer(a) for a in acts]
     total = 1 + sum(p.probes for p in plans)
     counts = {"forward_passes": 0, "naive_passes": 0}
-    with tqdm(total=total, desc="Poly-CAM probes", unit="img", disable=not progress, leave=False) as bar:
+    report = progress if callable(progress) else None
+    with tqdm(total=total, desc="Poly-CAM probes", unit="img", disable=progress is not True, leave=False) as bar:
         def advance(n: int) -> None:
             counts["forward_passes"] += n
             bar.update(n)
+            if report is not None:
+                report(counts["forward_passes"], total)
 
         f_zero = probabilities(net(torch.zeros_like(x)))[0]
         advance(1)

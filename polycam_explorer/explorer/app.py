@@ -1,0 +1,477 @@
+"""The Explorer widget: controls, panels, recursion strip, teaching view, curves and export.
+
+Every control change is served from the MapSet's cached P maps: no probing after the sweep.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import ipywidgets as W
+import numpy as np
+import torch
+
+from .. import render
+from ..mapset import MapSet
+from . import frames
+from .canvas import FrameCanvas
+from .export import export_maps, export_png
+from .faithfulness import FaithfulnessPanel
+
+VARIANT_OPTIONS = [("PCAM+", "+"), ("PCAM-", "-"), ("PCAM±", "+-")]
+VARIANT_NAMES = {v: n for n, v in VARIANT_OPTIONS}
+COMPARE_OPTIONS = [("single view", "none"), ("the three variants", "variants"),
+                   ("top classes", "classes"), ("depths", "depths"), ("LNorm on / off", "lnorm")]
+MapSets = Union[MapSet, Sequence[MapSet], Mapping[str, MapSet], str, Path]
+
+
+def _guarded(method: Callable) -> Callable:
+    """Show an exception raised in a callback in the widget's status line; keep the controls alive."""
+    @functools.wraps(method)
+    def wrapper(self: "Explorer", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
+            self.show_error(exc)
+    return wrapper
+
+
+def _named(mapsets: MapSets) -> dict[str, MapSet]:
+    if isinstance(mapsets, MapSet):
+        return {"image": mapsets}
+    if isinstance(mapsets, (str, Path)):
+        files = sorted(Path(mapsets).glob("*.npz"))
+        if not files:
+            raise ValueError(f"no map-set files (*.npz) in {str(mapsets)!r}")
+        return {f.name.removesuffix(".npz").removesuffix(".mapset"): MapSet.load(f) for f in files}
+    if isinstance(mapsets, Mapping):
+        named = dict(mapsets)
+    elif isinstance(mapsets, Sequence):
+        named = {f"image {i + 1}": ms for i, ms in enumerate(mapsets)}
+    else:
+        raise TypeError("Explorer takes a MapSet, a list or dict of them, or a folder of saved map sets; "
+                        f"got {type(mapsets).__name__}")
+    if not all(isinstance(ms, MapSet) for ms in named.values()):
+        raise TypeError("Explorer takes MapSet objects (a MapSet, a list or a dict of them)")
+    return named
+
+
+class Explorer(W.VBox):
+    """Interactive Poly-CAM explorer for one or several map sets.
+
+    Args:
+        mapsets: a MapSet, a list or dict (name -> MapSet) of them, or a folder of saved map sets.
+        model: the classifier, for the faithfulness curves (optional).
+        size: the longest side of a panel on screen, in pixels.
+        export_dir: where exports are written.
+    """
+
+    def __init__(self, mapsets: MapSets, *, model: Optional[torch.nn.Module] = None, size: int = 320,
+                 export_dir: Union[str, Path] = "polycam_exports") -> None:
+        self.mapsets = _named(mapsets)
+        self.model = model
+        self.panel_size = int(size)
+        self.export_dir = Path(export_dir)
+        self.zoom: Optional[frames.Box] = None
+        self.pins: list[dict] = []
+        self._images: dict[str, np.ndarray] = {}
+        self._drawing = False
+
+        self.image_picker = W.Dropdown(description="image", options=list(self.mapsets))
+        self.klass = W.Dropdown(description="class")
+        self.search = W.Combobox(placeholder="type any class name", ensure_option=True,
+                                 layout=W.Layout(width="220px"))
+        self.variant = W.ToggleButtons(options=VARIANT_OPTIONS, value="+-", description="variant",
+                                       style={"button_width": "70px"})
+        self.depth = W.SelectionSlider(description="depth", options=[("1", 1)], continuous_update=True,
+                                       layout=W.Layout(width="520px"), style={"description_width": "initial"})
+        self.lnorm = W.Checkbox(value=True, description="LNorm", indent=False, layout=W.Layout(width="90px"))
+        self.mode = W.Dropdown(description="view", options=list(frames.MODES), value="overlay")
+        self.other_class = W.Dropdown(description="against")
+        self.cmap = W.Dropdown(description="colormap", options=list(render.COLORMAPS), value="turbo")
+        self.opacity = W.FloatSlider(description="opacity", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.compare = W.Dropdown(description="compare", options=COMPARE_OPTIONS, value="none")
+        self.reset_zoom = W.Button(description="reset zoom", icon="search-minus", disabled=True)
+        self.status = W.HTML()
+        self.hover = W.HTML("&nbsp;")
+        self.panels_box = W.HBox()
+        self.canvases: list[FrameCanvas] = []
+        self.captions: list[W.HTML] = []
+        self.strip = FrameCanvas((72, 72), on_click=self._strip_click)
+        self.teaching = FrameCanvas((150, 600))
+        self.teaching_caption = W.HTML()
+        self.curves = FaithfulnessPanel(self)
+        self.export_png_button = W.Button(description="export PNG", icon="image")
+        self.export_npz_button = W.Button(description="export maps (npz)", icon="download")
+        self.export_link = W.HTML()
+        self.progress = W.IntProgress(min=0, max=1, layout=W.Layout(width="240px", display="none"))
+        self.progress_label = W.HTML()
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="explain an image",
+                                   layout=W.Layout(display="none"))
+        self.stop_button = W.Button(description="cancel", icon="stop", layout=W.Layout(display="none"))
+        self.runner = None
+
+        for control in (self.klass, self.variant, self.depth, self.lnorm, self.mode, self.other_class,
+                        self.cmap, self.opacity, self.compare):
+            control.observe(self._on_control, names="value")
+        self.image_picker.observe(self._on_image, names="value")
+        self.search.observe(self._on_search, names="value")
+        self.reset_zoom.on_click(lambda _: self.set_zoom(None))
+        self.export_png_button.on_click(lambda _: self.export_png())
+        self.export_npz_button.on_click(lambda _: self.export_maps())
+
+        controls = W.VBox([
+            W.HBox([self.image_picker, self.klass, self.search]),
+            W.HBox([self.variant, self.lnorm]),
+            self.depth,
+            W.HBox([self.mode, self.other_class, self.cmap, self.opacity]),
+            W.HBox([self.compare, self.reset_zoom, self.upload]),
+            W.HBox([self.progress, self.progress_label, self.stop_button]),
+        ])
+        recursion = W.VBox([W.HTML("<b>Recursion strip</b> (depth 1 = coarsest; click a map to select "
+                                   "its depth)"), self.strip.canvas,
+                            W.HTML("<b>One step of the recursion</b> (eq. 3 of the paper)"),
+                            self.teaching.canvas, self.teaching_caption])
+        extras = W.Tab(children=[recursion, self.curves.widget,
+                                 W.VBox([W.HBox([self.export_png_button, self.export_npz_button]),
+                                         self.export_link])])
+        for i, title in enumerate(("Recursion", "Faithfulness", "Export")):
+            extras.set_title(i, title)
+        super().__init__([controls, self.panels_box, self.hover, self.status, extras])
+        self.upload.observe(self._on_upload, names="value")
+        self.stop_button.on_click(lambda _: self.runner and self.runner.stop.set())
+        if self.mapsets:
+            self._select_image(next(iter(self.mapsets)))
+        else:
+            self.status.value = "<i>waiting for the first map set…</i>"
+
+    # ----- state ------------------------------------------------------------------------------
+    @property
+    def ms(self) -> MapSet:
+        return self.mapsets[self.image_picker.value]
+
+    @property
+    def look(self) -> frames.Look:
+        return frames.Look(self.mode.value, self.cmap.value, float(self.opacity.value), self.zoom)
+
+    def main_panel(self) -> frames.Panel:
+        """The panel the main controls describe (depth clamped to what is probed so far)."""
+        depth = min(int(self.depth.value), max(1, self.ms.depth_available))
+        return frames.Panel(int(self.klass.value), self.variant.value, depth, bool(self.lnorm.value),
+                            self.other_class.value)
+
+    def panels(self) -> list[frames.Panel]:
+        """The panels on screen: the main one, or one per pin of the comparison."""
+        base = self.main_panel()
+        if not self.pins:
+            return [base]
+        out = []
+        for pin in self.pins:
+            panel = replace(base, **pin)
+            out.append(replace(panel, depth=min(panel.depth, max(1, self.ms.depth_available))))
+        return out
+
+    def pin(self, *overrides: dict) -> None:
+        """Compare two to four panels, each fixing some of ``class_idx``, ``variant``, ``depth``,
+        ``lnorm``; the rest follow the controls. ``pin()`` goes back to a single view."""
+        if overrides and not 2 <= len(overrides) <= 4:
+            raise ValueError(f"compare takes 2 to 4 panels, got {len(overrides)}")
+        allowed = {"class_idx", "variant", "depth", "lnorm", "other_class"}
+        for o in overrides:
+            unknown = set(o) - allowed
+            if unknown:
+                raise ValueError(f"a panel may fix {sorted(allowed)}, not {sorted(unknown)}")
+        self.pins = [dict(o) for o in overrides]
+        self.render()
+
+    # ----- map sets arriving from a running sweep ---------------------------------------------
+    def attach_runner(self, runner) -> None:
+        """Let the app explain new images (upload control) with ``runner`` (see ``explore``)."""
+        self.runner = runner
+        self.upload.layout.display = None
+
+    def add_mapset(self, name: str, ms: MapSet) -> None:
+        """Add a map set (possibly still being filled) to the image picker; show it if first."""
+        first = not self.mapsets
+        self.mapsets[name] = ms
+        self.image_picker.options = list(self.mapsets)
+        if first or self.image_picker.value == name:
+            self.image_picker.value = name
+            self._select_image(name)
+
+    def refresh(self, name: str) -> None:
+        """Redraw if ``name`` is on screen (a finer layer of its map set has been probed)."""
+        if self.mapsets and self.image_picker.value == name:
+            self.render()
+
+    def show_progress(self, state) -> None:
+        """``(name, done, total)`` while a sweep runs; None when it is over."""
+        visible = "none" if state is None else None
+        self.progress.layout.display = self.stop_button.layout.display = visible
+        if state is None:
+            self.progress_label.value = ""
+            return
+        name, done, total = state
+        self.progress.max, self.progress.value = max(1, total), done
+        self.progress_label.value = f"probing <b>{html.escape(name)}</b>: {done} / {total} forward passes"
+
+    @_guarded
+    def _on_upload(self, change) -> None:
+        from .explore import upload_to_image
+
+        if not change["new"] or self.runner is None:
+            return
+        name, image = upload_to_image(change["new"])
+        self.runner.submit(name, image)
+
+    # ----- callbacks --------------------------------------------------------------------------
+    @_guarded
+    def _on_control(self, change) -> None:
+        if change["owner"] is self.compare:
+            self.pins = self._preset(change["new"])
+        if change["owner"] is self.klass and self.search.value != self.ms.class_names[change["new"]]:
+            self.search.value = ""
+        self.render()
+
+    @_guarded
+    def _on_image(self, change) -> None:
+        self._select_image(change["new"])
+
+    @_guarded
+    def _on_search(self, change) -> None:
+        name = change["new"]
+        if name and name in self.ms.class_names:
+            self.klass.value = self.ms.class_names.index(name)
+
+    def _strip_click(self, x: float, y: float) -> None:
+        tile = self.strip.size[0]
+        depth = int(x // (tile + 4)) + 1
+        if 1 <= depth <= self.ms.depth_available:
+            self.depth.value = depth
+
+    def _hover(self, index: int, x: float, y: float) -> None:
+        try:
+            panel = self.panels()[index]
+            shown = self.canvases[index].size
+            pixel = frames.image_pixel(self.ms.size, shown, self.zoom, x, y)
+            if pixel is None:
+                return
+            value = float(frames.panel_map(self.ms, panel)[pixel])
+            self.hover.value = f"pixel (row {pixel[0]}, col {pixel[1]}): saliency {value:.3f}"
+        except Exception as exc:  # noqa: BLE001
+            self.show_error(exc)
+
+    def _drag(self, index: int, x0: float, y0: float, x1: float, y1: float) -> None:
+        shown = self.canvases[index].size
+        a = frames.image_pixel(self.ms.size, shown, self.zoom, min(x0, x1), min(y0, y1))
+        b = frames.image_pixel(self.ms.size, shown, self.zoom, max(x0, x1) - 1, max(y0, y1) - 1)
+        if a is not None and b is not None:
+            self.set_zoom((a[0], a[1], b[0] + 1, b[1] + 1))
+
+    def set_zoom(self, box: Optional[frames.Box]) -> None:
+        """Magnify a region ``(top, left, bottom, right)`` of the image in every panel; None resets."""
+        if box is not None:
+            top, left, bottom, right = (int(v) for v in box)
+            h, w = self.ms.size
+            if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+                raise ValueError(f"zoom box must lie inside the {h} x {w} image, got {box}")
+            box = (top, left, bottom, right)
+        self.zoom = box
+        self.reset_zoom.disabled = box is None
+        self.render()
+
+    # ----- drawing ----------------------------------------------------------------------------
+    def _select_image(self, name: str) -> None:
+        ms = self.mapsets[name]
+        self.zoom = None
+        top = ms.topk(10)
+        options = [(f"{n} ({p:.3f})", i) for i, n, p in top]
+        options += sorted(((n, i) for i, n in enumerate(ms.class_names) if i not in {t[0] for t in top}))
+        with self.hold_render():
+            self.klass.options = options
+            self.klass.value = top[0][0]
+            self.other_class.options = options
+            self.other_class.value = top[min(1, len(top) - 1)][0]
+            self.search.options = sorted(set(ms.class_names))
+            self.depth.options = self._depth_options(ms)
+            self.depth.value = len(ms.layers)
+        self.render()
+
+    @staticmethod
+    def _depth_options(ms: MapSet) -> list[tuple[str, int]]:
+        out = []
+        for depth in range(1, len(ms.layers) + 1):
+            index = len(ms.layers) - depth
+            h, w = ms.activations[index].shape[-2:]
+            out.append((f"{depth}: {ms.layers[index]} ({h}×{w})", depth))
+        return out
+
+    def _preset(self, name: str) -> list[dict]:
+        ms = self.ms
+        if name == "variants":
+            return [{"variant": v} for _, v in VARIANT_OPTIONS]
+        if name == "classes":
+            return [{"class_idx": c} for c, _, _ in ms.topk(min(3, ms.num_classes))]
+        if name == "depths":
+            L = len(ms.layers)
+            depths = sorted({1, max(1, L // 3), max(1, (2 * L) // 3), L}) if L > 4 else range(1, L + 1)
+            return [{"depth": d} for d in depths][:4] if L > 1 else []
+        if name == "lnorm":
+            return [{"lnorm": True}, {"lnorm": False}]
+        return []
+
+    class _Hold:
+        def __init__(self, explorer: "Explorer") -> None:
+            self.explorer = explorer
+
+        def __enter__(self):
+            self.previous, self.explorer._drawing = self.explorer._drawing, True
+
+        def __exit__(self, *exc):
+            self.explorer._drawing = self.previous
+
+    def hold_render(self) -> "_Hold":
+        """Change several controls without drawing after each one."""
+        return self._Hold(self)
+
+    def _image(self) -> np.ndarray:
+        name = self.image_picker.value
+        if name not in self._images:
+            self._images[name] = render.image_uint8(self.ms.image, self.ms.mean, self.ms.std)
+        return self._images[name]
+
+    def _ensure_canvases(self, n: int) -> None:
+        h, w = self.ms.size
+        box = self.zoom or (0, 0, h, w)
+        size = frames.display_size((box[2] - box[0], box[3] - box[1]), self.panel_size if n == 1
+                                   else max(160, int(self.panel_size * (0.75 if n > 2 else 0.9))))
+        while len(self.canvases) < n:
+            i = len(self.canvases)
+            self.canvases.append(FrameCanvas(size, on_hover=functools.partial(self._hover, i),
+                                             on_drag=functools.partial(self._drag, i)))
+            self.captions.append(W.HTML())
+        for c in self.canvases[:n]:
+            c.resize(size)
+        children = tuple(W.VBox([c.canvas, t]) for c, t in zip(self.canvases[:n], self.captions[:n]))
+        if len(self.panels_box.children) != n:
+            self.panels_box.children = children
+
+    def caption(self, panel: frames.Panel) -> str:
+        ms = self.ms
+        name = VARIANT_NAMES[panel.variant]
+        layer = ms.layers[len(ms.layers) - panel.depth]
+        text = (f"{name} · {html.escape(ms.class_names[panel.class_idx])} ({float(ms.probs[panel.class_idx]):.3f})"
+                f" · depth {panel.depth}/{len(ms.layers)} ({layer})" + ("" if panel.lnorm else " · no LNorm"))
+        if self.mode.value == "contrast":
+            text += f" · against {html.escape(ms.class_names[self.other_class.value])}"
+        return text
+
+    @_guarded
+    def render(self) -> None:
+        """Draw every panel from the current controls (one frame per panel)."""
+        if self._drawing or not self.mapsets:
+            return
+        self.other_class.layout.display = None if self.mode.value == "contrast" else "none"
+        ms = self.ms
+        if ms.depth_available == 0:
+            self.status.value = "<i>probing the coarsest layer…</i>"
+            return
+        panels = self.panels()
+        self._ensure_canvases(len(panels))
+        look, image = self.look, self._image()
+        for canvas, caption, panel in zip(self.canvases, self.captions, panels):
+            pixels = frames.frame(ms, panel, look, image)
+            canvas.draw(frames.zoom_and_fit(pixels, look.zoom, canvas.size))
+            caption.value = f"<span style='font-size:90%'>{self.caption(panel)}</span>"
+        if not ms.complete:
+            self.status.value = (f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
+        elif self.status.value.startswith("<i>probing"):
+            self.status.value = ""
+        self._render_strip(panels[0])
+        self._render_teaching(panels[0])
+        self.curves.show_cached(panels[0])
+
+    def _render_strip(self, panel: frames.Panel) -> None:
+        ms, tile, pad = self.ms, 72, 4
+        n = len(ms.layers)
+        strip = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
+        image = self._image()
+        for depth in range(1, ms.depth_available + 1):
+            values = ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm)
+            thumb = frames.zoom_and_fit(render.overlay(image, values, self.cmap.value, 0.6), None, (tile, tile))
+            x = pad + (depth - 1) * (tile + pad)
+            if depth == panel.depth:
+                strip[:, x - pad // 2: x + tile + pad // 2] = (255, 140, 0)
+            strip[pad: pad + tile, x: x + tile] = thumb
+        self.strip.resize(strip.shape[:2])
+        self.strip.draw(strip)
+
+    def _render_teaching(self, panel: frames.Panel) -> None:
+        if panel.depth < 2:
+            self.teaching_caption.value = "Depth 1 is the coarsest CAM itself; choose depth ≥ 2 to see a step."
+            self.teaching.draw(np.full((*self.teaching.size, 3), 255, np.uint8))
+            return
+        steps = frames.teaching_step(self.ms, panel)
+        tiles = [frames.zoom_and_fit(render.heatmap(render_unit(m), self.cmap.value), None, (140, 140))
+                 for _, m in steps]
+        row = render.grid([tiles], pad=5)
+        self.teaching.resize(row.shape[:2])
+        self.teaching.draw(row)
+        self.teaching_caption.value = "  ×  ".join(
+            f"<b>{i + 1}</b>. {html.escape(c)}" for i, (c, _) in enumerate(steps)).replace(
+            "  ×  <b>4</b>", "  =  <b>4</b>")
+
+    # ----- actions ----------------------------------------------------------------------------
+    def show_error(self, exc: BaseException) -> None:
+        """Put an exception in the status line (with the last frame of its traceback)."""
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        loc = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
+        self.status.value = (f"<span style='color:#b00020'><b>{type(exc).__name__}</b>: "
+                             f"{html.escape(str(exc))}{loc}</span>")
+
+    @_guarded
+    def export_png(self) -> Path:
+        """Write the panels on screen side by side as one PNG; show a download link."""
+        path = export_png(self)
+        self.export_link.value = _download_link(path, "image/png")
+        return path
+
+    @_guarded
+    def export_maps(self) -> Path:
+        """Write the saliency maps on screen (and their descriptions) to one npz."""
+        path = export_maps(self)
+        self.export_link.value = _download_link(path, "application/octet-stream")
+        return path
+
+    def close(self) -> None:
+        """Close every widget, stop running work and drop the map sets (frees their GPU memory)."""
+        self.curves.cancel()
+        if self.runner is not None:
+            self.runner.stop.set()
+        for ms in self.mapsets.values():
+            ms._cache.clear()
+        self.mapsets = {}
+        self._images.clear()
+        for c in self.canvases + [self.strip, self.teaching]:
+            c.canvas.close()
+        super().close()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def render_unit(values: torch.Tensor) -> torch.Tensor:
+    """Scale a map to [0, 1] by its maximum for display in the teaching view."""
+    top = float(values.max())
+    return values / top if top > 0 else values
+
+
+def _download_link(path: Path, mime: str) -> str:
+    import base64
+
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f"saved <code>{html.escape(str(path))}</code> · "
+            f"<a download='{html.escape(path.name)}' href='data:{mime};base64,{data}'>download</a>")

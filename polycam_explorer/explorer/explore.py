@@ -1,0 +1,128 @@
+"""From images to the explorer in one call: sweeps run in a background thread, coarse depths
+appear as soon as their layers are probed, finished map sets are cached on disk."""
+from __future__ import annotations
+
+import io
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import cache
+from ..mapset import iter_mapset
+from ..models import ImageLike, as_classifier, load_image, load_model
+from .app import Explorer
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data"
+Images = Union[ImageLike, Sequence[ImageLike], Mapping[str, ImageLike], None]
+
+
+def default_batch_size(device: torch.device) -> int:
+    """64 images per pass on a GPU; 16 on a CPU, where larger batches run slower per image."""
+    return 64 if device.type == "cuda" else 16
+
+
+def _named_images(images: Images) -> dict[str, ImageLike]:
+    if images is None:
+        return {p.stem: p for p in sorted(SAMPLES.glob("*.jpg"))}
+    if isinstance(images, Mapping):
+        return dict(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    named = {}
+    for i, image in enumerate(images):
+        name = Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image {i + 1}"
+        named[name if name not in named else f"{name} ({i + 1})"] = image
+    return named
+
+
+class SweepRunner:
+    """Runs the sweeps of queued images one after the other, in a daemon thread."""
+
+    def __init__(self, explorer: Explorer, model: torch.nn.Module, *, layers, batch_size: Optional[int],
+                 device, size, cache_dir) -> None:
+        self.explorer, self.model = explorer, as_classifier(model)
+        self.layers, self.device, self.size, self.cache_dir = layers, device, size, cache_dir
+        run_device = torch.device(device) if device is not None else next(
+            (p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.batch_size = batch_size or default_batch_size(run_device)
+        self.queue: "queue.Queue[tuple[str, ImageLike]]" = queue.Queue()
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def submit(self, name: str, image: ImageLike) -> None:
+        self.queue.put((name, image))
+        if self.thread is None or not self.thread.is_alive():
+            self.stop.clear()
+            self.thread = threading.Thread(target=self._work, daemon=True)
+            self.thread.start()
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Block until the queued sweeps are done (for scripts and tests)."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            try:
+                name, image = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                self._run(name, image)
+            except Exception as exc:  # noqa: BLE001 - shown in the widget
+                self.explorer.show_error(exc)
+        self.explorer.show_progress(None)
+
+    def _run(self, name: str, image: ImageLike) -> None:
+        x = load_image(image, self.model, size=self.size)
+        ms = cache.cached(self.model, self.layers, x, self.cache_dir, self.device)
+        if ms is not None:
+            self.explorer.add_mapset(name, ms)
+            return
+        self.explorer.show_progress((name, 0, 1))
+        first = True
+        for ms in iter_mapset(self.model, x, self.layers, batch_size=self.batch_size, device=self.device,
+                              progress=lambda done, total: self.explorer.show_progress((name, done, total)),
+                              cancel=self.stop):
+            if first:
+                self.explorer.add_mapset(name, ms)
+                first = False
+            else:
+                self.explorer.refresh(name)
+        cache.store(ms, self.model, self.layers, x, self.cache_dir)
+
+
+def explore(images: Images = None, model: Optional[torch.nn.Module] = None, *,
+            layers: Optional[Sequence[str]] = None, batch_size: Optional[int] = None, device=None,
+            size: Optional[int] = None, cache_dir: Union[str, os.PathLike, None] = None,
+            panel_size: int = 320, wait: bool = False) -> Explorer:
+    """Open the explorer on images: a path, PIL image or array, a list or dict of them, or None for
+    the bundled samples. The embedded model is used unless ``model`` is given.
+
+    Sweeps run in the background (progress shown in the widget; coarse depths appear first) and
+    finished map sets are cached in ``cache_dir`` (see :func:`polycam_explorer.cache.cache_dir`).
+    ``wait=True`` blocks until every sweep is done.
+    """
+    model = as_classifier(model) if model is not None else load_model()
+    named = _named_images(images)
+    explorer = Explorer({}, model=model, size=panel_size)
+    runner = SweepRunner(explorer, model, layers=layers, batch_size=batch_size, device=device, size=size,
+                         cache_dir=cache_dir)
+    explorer.attach_runner(runner)
+    for name, image in named.items():
+        runner.submit(name, image)
+    if wait:
+        runner.wait()
+    return explorer
+
+
+def upload_to_image(value) -> tuple[str, Image.Image]:
+    """The (name, PIL image) of the first file of an ipywidgets FileUpload value."""
+    item = value[0]
+    return Path(item["name"]).stem, Image.open(io.BytesIO(bytes(item["content"]))).convert("RGB")

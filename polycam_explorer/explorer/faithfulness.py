@@ -1,0 +1,115 @@
+"""The faithfulness tab: insertion and deletion curves of the map on screen (bqplot), on demand."""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Optional
+
+import bqplot as bq
+import ipywidgets as W
+import numpy as np
+
+from ..metrics import deletion, insertion
+from .frames import Panel
+
+if TYPE_CHECKING:
+    from .app import Explorer
+
+
+class _Stop(Exception):
+    """Raised from the progress callback to stop a computation that was cancelled."""
+
+
+class FaithfulnessPanel:
+    """Computes (in a background thread, cancellable) and caches curves per map."""
+
+    def __init__(self, explorer: "Explorer", *, n_steps: int = 224, batch_size: int = 32) -> None:
+        self.explorer = explorer
+        self.n_steps, self.batch_size = n_steps, batch_size
+        self.cache: dict[tuple, dict] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        x_scale, y_scale = bq.LinearScale(min=0, max=1), bq.LinearScale(min=0, max=1)
+        self.ins_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=["#1f77b4"],
+                                 labels=["insertion"], display_legend=True)
+        self.del_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=["#d62728"],
+                                 labels=["deletion"], display_legend=True)
+        axes = [bq.Axis(scale=x_scale, label="fraction of pixels inserted / deleted"),
+                bq.Axis(scale=y_scale, orientation="vertical", label="class probability")]
+        self.figure = bq.Figure(marks=[self.ins_line, self.del_line], axes=axes, legend_location="top-right",
+                                layout=W.Layout(width="520px", height="320px"), title="")
+        self.button = W.Button(description="compute curves", icon="line-chart",
+                               disabled=explorer.model is None)
+        self.stop_button = W.Button(description="cancel", icon="stop", disabled=True)
+        self.progress = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="200px"))
+        self.summary = W.HTML("" if explorer.model is not None else
+                              "<i>pass model= to the Explorer to compute insertion / deletion curves</i>")
+        self.button.on_click(lambda _: self.compute())
+        self.stop_button.on_click(lambda _: self.cancel())
+        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress]), self.summary, self.figure])
+
+    def key(self, panel: Panel) -> tuple:
+        return (self.explorer.image_picker.value, panel.class_idx, panel.variant, panel.depth, panel.lnorm)
+
+    def show_cached(self, panel: Panel) -> None:
+        result = self.cache.get(self.key(panel))
+        if result is None:
+            self.ins_line.x, self.ins_line.y, self.del_line.x, self.del_line.y = [], [], [], []
+            self.figure.title = ""
+            return
+        self.ins_line.x = self.del_line.x = result["x"]
+        self.ins_line.y, self.del_line.y = result["insertion"], result["deletion"]
+        self.figure.title = (f"insertion {result['insertion_auc']:.3f} · deletion {result['deletion_auc']:.3f}"
+                             f" · ins-del {result['insertion_auc'] - result['deletion_auc']:.3f}")
+
+    def compute(self, *, block: bool = False) -> None:
+        """Compute the curves of the main panel's map (in a thread unless ``block``)."""
+        if self.explorer.model is None:
+            raise ValueError("the Explorer has no model: pass model= to compute faithfulness curves")
+        if self._thread is not None and self._thread.is_alive():
+            return
+        panel = self.explorer.main_panel()
+        if self.key(panel) in self.cache:
+            self.show_cached(panel)
+            return
+        self._stop.clear()
+        self.button.disabled, self.stop_button.disabled = True, False
+        self.progress.max, self.progress.value = 2 * self.n_steps, 0
+        if block:
+            self._run(panel)
+        else:
+            self._thread = threading.Thread(target=self._run, args=(panel,), daemon=True)
+            self._thread.start()
+
+    def _run(self, panel: Panel) -> None:
+        ms, key = self.explorer.ms, self.key(panel)
+        try:
+            saliency = ms.saliency(panel.class_idx, panel.variant, panel.depth, panel.lnorm)
+            def tick(offset: int):
+                def report(value: int, _total: int) -> None:
+                    if self._stop.is_set():
+                        raise _Stop
+                    self.progress.value = offset + value
+                return report
+
+            common = dict(n_steps=self.n_steps, batch_size=self.batch_size)
+            ins_auc, ins = insertion(self.explorer.model, ms.image, saliency, panel.class_idx,
+                                     progress=tick(0), **common)
+            del_auc, dele = deletion(self.explorer.model, ms.image, saliency, panel.class_idx,
+                                     progress=tick(self.n_steps), **common)
+            h, w = ms.size
+            per_step = -(-h * w // self.n_steps)
+            x = np.minimum(np.arange(1, self.n_steps + 1) * per_step / (h * w), 1.0)
+            self.cache[key] = {"x": x, "insertion": ins, "deletion": dele,
+                               "insertion_auc": ins_auc, "deletion_auc": del_auc}
+            if self.key(self.explorer.main_panel()) == key:
+                self.show_cached(panel)
+            self.summary.value = ""
+        except _Stop:
+            self.summary.value = "<i>cancelled</i>"
+        except Exception as exc:  # noqa: BLE001 - shown in the widget
+            self.explorer.show_error(exc)
+        finally:
+            self.button.disabled, self.stop_button.disabled = False, True
+
+    def cancel(self) -> None:
+        self._stop.set()

@@ -1,0 +1,150 @@
+"""What a panel shows, as pixels: pure functions of a MapSet and a panel/look description.
+
+No widgets here, so every frame the explorer draws can be checked in plain tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import render
+from ..mapset import MapSet
+from ..polycam import lnorm, resize
+
+MODES = ("overlay", "heatmap", "masked", "original", "contrast", "ins-vs-del")
+Box = tuple[int, int, int, int]  # (top, left, bottom, right) in image pixels, bottom/right exclusive
+
+
+@dataclass(frozen=True)
+class Panel:
+    """What one panel maps: a class, a variant, a depth (1..L), LNorm on/off, and for the
+    contrast view a second class."""
+
+    class_idx: int
+    variant: str = "+-"
+    depth: int = 1
+    lnorm: bool = True
+    other_class: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Look:
+    """How every panel is drawn: mode, colormap, opacity and zoom box."""
+
+    mode: str = "overlay"
+    cmap: str = "turbo"
+    opacity: float = 0.5
+    zoom: Optional[Box] = None
+
+
+def panel_map(ms: MapSet, panel: Panel) -> torch.Tensor:
+    """The ``H x W`` values a panel shows: the saliency in [0, 1]."""
+    return ms.saliency(panel.class_idx, panel.variant, panel.depth, panel.lnorm)
+
+
+def contrast_map(ms: MapSet, panel: Panel) -> torch.Tensor:
+    """Class A against class B, in [-1, 1]: where A's saliency exceeds B's (>0) and the reverse."""
+    other = panel.other_class if panel.other_class is not None else ms.topk(2)[-1][0]
+    mine = ms.saliency(panel.class_idx, panel.variant, panel.depth, panel.lnorm)
+    theirs = ms.saliency(other, panel.variant, panel.depth, panel.lnorm)
+    return mine - theirs
+
+
+def insertion_deletion_colors(plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
+    """A two-dimensional colour scale: PCAM+ (showing the region keeps the class) in red, PCAM-
+    (hiding it removes the class) in green, both in white-ish yellow, neither in black."""
+    a, b = np.clip(plus, 0, 1), np.clip(minus, 0, 1)
+    rgb = np.stack([a, b, 0.5 * np.minimum(a, b) + 0.25 * np.abs(a - b)], axis=-1)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def legend_2d(size: int = 64) -> np.ndarray:
+    """The insertion-vs-deletion colour square: PCAM+ grows to the right, PCAM- upwards."""
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    return insertion_deletion_colors(ramp[None, :].repeat(size, 0), ramp[::-1, None].repeat(size, 1))
+
+
+def diverging(values: np.ndarray) -> np.ndarray:
+    """Colour values in [-1, 1]: blue (negative), white (0), red (positive)."""
+    return render.colormap("coolwarm")[np.clip((values + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)]
+
+
+def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None) -> np.ndarray:
+    """The ``H x W x 3`` uint8 pixels of one panel (before zoom and display scaling)."""
+    picture = image if image is not None else render.image_uint8(ms.image, ms.mean, ms.std)
+    mode = look.mode
+    if mode == "original":
+        return picture
+    if mode == "contrast":
+        tint = diverging(contrast_map(ms, panel).cpu().numpy())
+        return _blend(picture, tint, look.opacity)
+    if mode == "ins-vs-del":
+        plus = ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm).cpu().numpy()
+        minus = ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm).cpu().numpy()
+        return _blend(picture, insertion_deletion_colors(plus, minus), look.opacity)
+    values = panel_map(ms, panel)
+    if mode == "heatmap":
+        return render.heatmap(values, look.cmap)
+    if mode == "masked":
+        return render.masked(picture, values)
+    if mode == "overlay":
+        return render.overlay(picture, values, look.cmap, look.opacity)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _blend(picture: np.ndarray, tint: np.ndarray, alpha: float) -> np.ndarray:
+    return ((1.0 - alpha) * picture + alpha * tint + 0.5).astype(np.uint8)
+
+
+def zoom_and_fit(pixels: np.ndarray, zoom: Box | None, size: tuple[int, int]) -> np.ndarray:
+    """Crop to the zoom box and scale (nearest neighbour, so pixels stay visible) to ``size``."""
+    if zoom is not None:
+        top, left, bottom, right = zoom
+        pixels = pixels[top:bottom, left:right]
+    h, w = size
+    if pixels.shape[:2] == (h, w):
+        return np.ascontiguousarray(pixels)
+    return np.asarray(Image.fromarray(pixels).resize((w, h), Image.NEAREST))
+
+
+def display_size(image_size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """The on-screen size of a panel: the image's aspect ratio, longest side ``longest`` pixels."""
+    h, w = image_size
+    scale = longest / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def image_pixel(ms_size: tuple[int, int], shown: tuple[int, int], zoom: Box | None, x: float, y: float
+                ) -> tuple[int, int] | None:
+    """The image pixel ``(row, col)`` under canvas position ``(x, y)``, or None outside."""
+    top, left, bottom, right = zoom if zoom is not None else (0, 0, *ms_size)
+    h, w = shown
+    if not (0 <= x < w and 0 <= y < h):
+        return None
+    row = top + int(y * (bottom - top) / h)
+    col = left + int(x * (right - left) / w)
+    return min(row, ms_size[0] - 1), min(col, ms_size[1] - 1)
+
+
+def teaching_step(ms: MapSet, panel: Panel) -> list[tuple[str, torch.Tensor]]:
+    """The four maps of one recursion step ``P_l = ReLU(LNorm(CAM_l) * up(P_l+1))`` (eq. [3]) for
+    the panel's depth (>= 2), each at the layer's resolution, with a caption."""
+    if panel.depth < 2:
+        raise ValueError("the recursion starts at depth 2 (depth 1 is the coarse CAM itself)")
+    index = len(ms.layers) - panel.depth  # layer l of P at this depth
+    cam = ms.layer_cam(panel.class_idx, panel.variant, index)
+    prev = ms.poly_maps(panel.class_idx, panel.variant, panel.lnorm)[panel.depth - 2]
+    local = lnorm(cam, prev.shape[-2:]) if panel.lnorm else cam
+    up = resize(prev, cam.shape[-2:])
+    name = ms.layers[index]
+    return [(f"CAM of {name}", cam), ("LNorm(CAM)" if panel.lnorm else "CAM (no LNorm)", local),
+            (f"P from depth {panel.depth - 1}, upsampled", up),
+            (f"product = P at depth {panel.depth}", torch.relu(local * up))]
+
+
+def with_depth(panel: Panel, depth: int) -> Panel:
+    return replace(panel, depth=depth)
