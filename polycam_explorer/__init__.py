@@ -1,5 +1,6 @@
 """polycam-explorer: Poly-CAM (Englebert et al., ICPR 2022) maps for every class, variant and
 depth from one probe sweep, and an interactive explorer for them."""
+from .cache import mapset_for
 from .layers import LayerInfo, describe_layers, find_target_layers
 from .mapset import MapSet, compute_mapset, iter_mapset
 from .metrics import deletion, insertion
@@ -23,5 +24,5 @@ def __getattr__(name: str):
 __all__ = [
     "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "compute_mapset",
     "deletion", "describe_layers", "explore", "find_target_layers", "insertion", "iter_mapset",
-    "load_image", "load_model", "model_fingerprint",
+    "load_image", "load_model", "mapset_for", "model_fingerprint",
 ]

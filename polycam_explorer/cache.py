@@ -52,3 +52,34 @@ def store(ms: MapSet, model: torch.nn.Module, layers: Optional[Sequence[str]], x
     path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
     ms.save(path, fp16=True)
     return path
+
+
+def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Optional[Sequence[str]] = None,
+               size=None, batch_size: Optional[int] = None, device=None,
+               cache_dir: str | os.PathLike | None = None, progress: bool = True) -> MapSet:
+    """The map set of ``image`` (path, PIL image or array): from the disk cache, else computed
+    (one sweep) and cached. The embedded model is used unless ``model`` is given."""
+    from .mapset import compute_mapset
+    from .models import as_classifier, load_image, load_model
+
+    model = as_classifier(model) if model is not None else load_model()
+    x = load_image(image, model, size=size)
+    ms = cached(model, layers, x, cache_dir, device)
+    if ms is None:
+        run_device = torch.device(device) if device is not None else next(
+            (p.device for p in model.parameters()), torch.device("cpu"))
+        ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
+                            device=device, progress=progress)
+        store(ms, model, layers, x, cache_dir)
+    return ms
+
+
+def default_batch_size(device: torch.device) -> int:
+    """64 images per pass on a GPU; 16 on a CPU, where larger batches run slower per image here."""
+    return 64 if device.type == "cuda" else 16
+
+
+def sample_images() -> list[Path]:
+    """The bundled sample photographs (cat, coffee, astronaut, rocket; CC0 / public domain)."""
+    folder = Path(__file__).resolve().parent / "data"
+    return [folder / f"{name}.jpg" for name in ("chelsea", "coffee", "astronaut", "rocket")]

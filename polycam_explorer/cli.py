@@ -1,4 +1,4 @@
-"""Command line: ``polycam-explorer explain IMAGE --out DIR``."""
+"""Command line: ``polycam-explorer explain IMAGE --out DIR`` and ``polycam-explorer serve [IMAGES]``."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from . import render
+from .cache import default_batch_size
 from .mapset import MapSet, compute_mapset
 from .models import load_image, load_model
 
@@ -30,12 +33,13 @@ def _class_index(ms: MapSet, spec: str | None) -> int:
 
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
-            batch_size: int = 64, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
+            batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
             progress: bool = True) -> dict:
     """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid."""
     model = load_model(model_name, weights)
     x = load_image(image, model, size=size)
-    ms = compute_mapset(model, x, layers, batch_size=batch_size, progress=progress)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress)
     c = _class_index(ms, class_spec)
     out_dir = Path(out)
     stem = Path(image).stem
@@ -69,6 +73,41 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     return report
 
 
+def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None = None,
+                 weights: str | None = None) -> Path:
+    """Write the notebook that Voila serves: the explorer on ``images`` (the samples if none)."""
+    import nbformat
+
+    for image in images:
+        if not Path(image).is_file():
+            raise ValueError(f"image file {image!r} does not exist")
+    paths = [str(Path(i).resolve()) for i in images] or None
+    model = "None" if model_name is None else f"pe.load_model({model_name!r}, weights={weights!r})"
+    code = ("import polycam_explorer as pe\n"
+            f"explorer = pe.explore({paths!r}, model={model})\n"
+            "explorer")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / "polycam_explorer_app.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def serve(images: Sequence[str], *, model_name: str | None = None, weights: str | None = None,
+          port: int = 8866, open_browser: bool = True) -> int:
+    """Open the explorer app in Voila (blocks until Voila stops)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="polycam-explorer-") as folder:
+        notebook = app_notebook(images, Path(folder), model_name=model_name, weights=weights)
+        command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--Voila.ip=127.0.0.1"]
+        if not open_browser:
+            command.append("--no-browser")
+        print(f"polycam-explorer: serving the explorer at http://127.0.0.1:{port}/ (Ctrl-C stops it)")
+        return subprocess.call(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polycam-explorer", description="Poly-CAM saliency maps (ICPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,11 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
     p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
     p.add_argument("--layers", help="comma-separated target layer names (default: discovered)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--size", type=int, help="resize the image to SIZE x SIZE (default: the model's input size)")
     p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
     p.add_argument("--save-mapset", action="store_true", help="also write the map set (.npz, fp16)")
     p.add_argument("--no-progress", action="store_true")
+    s = sub.add_parser("serve", help="open the interactive explorer in the browser (Voila)")
+    s.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
+    s.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
+    s.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
+    s.add_argument("--port", type=int, default=8866)
+    s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     return parser
 
 
@@ -103,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for entry in report["top5"]:
                 print(f"{entry['probability']:.3f}  {entry['index']:>4}  {entry['name']}")
             print(f"explained: {report['explained_name']} -> {args.out}")
+        elif args.command == "serve":
+            return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
+                         open_browser=not args.no_browser)
     except (ValueError, TypeError) as exc:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2
