@@ -1,0 +1,100 @@
+"""The explorer app in a real browser: `polycam-explorer serve` (Voila) driven by Playwright in
+Debian's chromium. Moving the depth, variant and class controls must change the canvas pixels."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import polycam_explorer as pe
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+HASH_JS = """() => { const c = document.querySelector('canvas'); if (!c || !c.width) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let h = 0, sum = 0; for (let i = 0; i < d.length; i += 7) { h = (h * 31 + d[i]) | 0; sum += d[i]; }
+  return [h, sum, c.width, c.height]; }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed for the browser tests: apt-get install chromium")
+    cache = tmp_path_factory.mktemp("cache")
+    image = pe.cache.sample_images()[0]
+    pe.mapset_for(image, cache_dir=cache, progress=False)  # the app then opens at once
+    port = _free_port()
+    env = dict(os.environ, POLYCAM_EXPLORER_CACHE=str(cache))
+    log = open(tmp_path_factory.mktemp("voila") / "voila.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "polycam_explorer.cli", "serve", str(image), "--no-browser",
+                             f"--port={port}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"voila did not start; see {log.name}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _changed(page, before, what: str):
+    for _ in range(200):
+        now = page.evaluate(HASH_JS)
+        if now is not None and now != before:
+            return now
+        time.sleep(0.1)
+    pytest.fail(f"the canvas did not change after {what}")
+
+
+def test_controls_change_the_canvas_pixels(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1300})
+            page.goto(app_url, timeout=180_000)
+            page.wait_for_selector("canvas", timeout=180_000)
+            first = _changed(page, None, "the app opened")
+            assert first[1] > 0 and first[2:] == [320, 320]  # drawn, at the fixed panel size
+
+            page.locator("[role=slider]").first.focus()
+            page.keyboard.press("ArrowLeft")  # the depth starts at full depth
+            after_depth = _changed(page, first, "moving the depth slider")
+
+            page.get_by_role("button", name="PCAM+", exact=True).click()
+            after_variant = _changed(page, after_depth, "choosing PCAM+")
+
+            page.locator("select").nth(1).select_option(index=2)  # the third most probable class
+            after_class = _changed(page, after_variant, "choosing another class")
+            assert len({tuple(first), tuple(after_depth), tuple(after_variant), tuple(after_class)}) == 4
+
+            shot = tmp_path / "explorer.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("POLYCAM_SCREENSHOT"):
+                shutil.copy(shot, os.environ["POLYCAM_SCREENSHOT"])
+        finally:
+            browser.close()
