@@ -17,6 +17,7 @@ import torch
 
 from .. import render
 from ..mapset import MapSet
+from ..polycam import canonical_variant
 from . import frames
 from .canvas import FrameCanvas
 from .export import export_maps, export_png
@@ -27,6 +28,7 @@ VARIANT_NAMES = {v: n for n, v in VARIANT_OPTIONS}
 COMPARE_OPTIONS = [("single view", "none"), ("the three variants", "variants"),
                    ("top classes", "classes"), ("depths", "depths"), ("LNorm on / off", "lnorm")]
 MapSets = Union[MapSet, Sequence[MapSet], Mapping[str, MapSet], str, Path]
+STRIP_TILE, STRIP_PAD = 72, 4  # recursion strip: thumbnail size and the gap around each
 
 
 def _guarded(method: Callable) -> Callable:
@@ -78,6 +80,7 @@ class Explorer(W.VBox):
         self.export_dir = Path(export_dir)
         self.zoom: Optional[frames.Box] = None
         self.pins: list[dict] = []
+        self._pinned_preset: Optional[str] = None  # the compare preset the pins come from, if any
         self._images: dict[str, np.ndarray] = {}
         self._drawing = False
 
@@ -101,7 +104,7 @@ class Explorer(W.VBox):
         self.panels_box = W.HBox()
         self.canvases: list[FrameCanvas] = []
         self.captions: list[W.HTML] = []
-        self.strip = FrameCanvas((72, 72), on_click=self._strip_click)
+        self.strip = FrameCanvas((STRIP_TILE, STRIP_TILE), on_click=self._strip_click)
         self.teaching = FrameCanvas((150, 600))
         self.teaching_caption = W.HTML()
         self.curves = FaithfulnessPanel(self)
@@ -181,12 +184,33 @@ class Explorer(W.VBox):
         if overrides and not 2 <= len(overrides) <= 4:
             raise ValueError(f"compare takes 2 to 4 panels, got {len(overrides)}")
         allowed = {"class_idx", "variant", "depth", "lnorm", "other_class"}
+        pins = []
         for o in overrides:
             unknown = set(o) - allowed
             if unknown:
                 raise ValueError(f"a panel may fix {sorted(allowed)}, not {sorted(unknown)}")
-        self.pins = [dict(o) for o in overrides]
+            pins.append(self._checked_pin(dict(o)))
+        self.pins = pins
+        self._pinned_preset = None
         self.render()
+
+    def _checked_pin(self, pin: dict) -> dict:
+        """A pinned panel with ``"±"`` read as ``"+-"``; bad values raise ValueError naming the field."""
+        if "variant" in pin:
+            pin["variant"] = canonical_variant(pin["variant"])
+        if "lnorm" in pin:
+            pin["lnorm"] = bool(pin["lnorm"])
+        limits = {"class_idx": (0, self.ms.num_classes - 1), "other_class": (0, self.ms.num_classes - 1),
+                  "depth": (1, len(self.ms.layers))} if self.mapsets else {}
+        for key in ("class_idx", "other_class", "depth"):
+            if key not in pin:
+                continue
+            value = pin[key]
+            lo, hi = limits.get(key, (0 if key != "depth" else 1, value))
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+                raise ValueError(f"{key} must be an int in {lo}..{hi}, got {value!r}")
+            pin[key] = int(value)
+        return pin
 
     # ----- map sets arriving from a running sweep ---------------------------------------------
     def attach_runner(self, runner) -> None:
@@ -196,11 +220,19 @@ class Explorer(W.VBox):
 
     def add_mapset(self, name: str, ms: MapSet) -> None:
         """Add a map set (possibly still being filled) to the image picker; show it if first."""
-        first = not self.mapsets
+        first, current = not self.mapsets, self.image_picker.value
         self.mapsets[name] = ms
-        self.image_picker.options = list(self.mapsets)
-        if first or self.image_picker.value == name:
-            self.image_picker.value = name
+        # a map set replacing one of the same name: forget what was derived from the old one
+        self._images.pop(name, None)
+        self.curves.cache = {k: v for k, v in self.curves.cache.items() if k[0] != name}
+        # new options reset a Dropdown to its first option: keep the image on screen instead
+        self.image_picker.unobserve(self._on_image, names="value")
+        try:
+            self.image_picker.options = list(self.mapsets)
+            self.image_picker.value = name if first else current
+        finally:
+            self.image_picker.observe(self._on_image, names="value")
+        if first or current == name:
             self._select_image(name)
 
     def refresh(self, name: str) -> None:
@@ -233,6 +265,7 @@ class Explorer(W.VBox):
     def _on_control(self, change) -> None:
         if change["owner"] is self.compare:
             self.pins = self._preset(change["new"])
+            self._pinned_preset = change["new"]
         if change["owner"] is self.klass and self.search.value != self.ms.class_names[change["new"]]:
             self.search.value = ""
         self.render()
@@ -248,8 +281,8 @@ class Explorer(W.VBox):
             self.klass.value = self.ms.class_names.index(name)
 
     def _strip_click(self, x: float, y: float) -> None:
-        tile = self.strip.size[0]
-        depth = int(x // (tile + 4)) + 1
+        # thumbnail d starts at STRIP_PAD + (d - 1) * (STRIP_TILE + STRIP_PAD); split the gaps evenly
+        depth = int((x - STRIP_PAD / 2) // (STRIP_TILE + STRIP_PAD)) + 1
         if 1 <= depth <= self.ms.depth_available:
             self.depth.value = depth
 
@@ -288,6 +321,7 @@ class Explorer(W.VBox):
     def _select_image(self, name: str) -> None:
         ms = self.mapsets[name]
         self.zoom = None
+        self.reset_zoom.disabled = True
         top = ms.topk(10)
         options = [(f"{n} ({p:.3f})", i) for i, n, p in top]
         options += sorted(((n, i) for i, n in enumerate(ms.class_names) if i not in {t[0] for t in top}))
@@ -299,6 +333,8 @@ class Explorer(W.VBox):
             self.search.options = sorted(set(ms.class_names))
             self.depth.options = self._depth_options(ms)
             self.depth.value = len(ms.layers)
+            if self._pinned_preset is not None:  # e.g. "top classes" are this image's top classes
+                self.pins = self._preset(self._pinned_preset)
         self.render()
 
     @staticmethod
@@ -396,7 +432,7 @@ class Explorer(W.VBox):
         self.curves.show_cached(panels[0])
 
     def _render_strip(self, panel: frames.Panel) -> None:
-        ms, tile, pad = self.ms, 72, 4
+        ms, tile, pad = self.ms, STRIP_TILE, STRIP_PAD
         n = len(ms.layers)
         strip = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
         image = self._image()
@@ -449,6 +485,9 @@ class Explorer(W.VBox):
 
     def close(self) -> None:
         """Close every widget, stop running work and drop the map sets (frees their GPU memory)."""
+        if not hasattr(self, "curves"):  # the constructor raised; Widget.__del__ still calls close()
+            super().close()
+            return
         self.curves.cancel()
         if self.runner is not None:
             self.runner.stop.set()
@@ -456,11 +495,34 @@ class Explorer(W.VBox):
             ms._cache.clear()
         self.mapsets = {}
         self._images.clear()
+        for widget in _descendants(self) + self.captions:  # captions of panels no longer shown too
+            if widget is not self:
+                widget.close()
         for c in self.canvases + [self.strip, self.teaching]:
             c.canvas.close()
         super().close()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _descendants(root: W.Widget) -> list[W.Widget]:
+    """Every widget reachable from ``root`` through its public synced traits (children, layout,
+    style, a figure's marks, axes and scales): closing a Box does not close what it holds.
+    Private traits are skipped: they hold shared singletons such as ipycanvas's canvas manager."""
+    found: dict[int, W.Widget] = {}
+    stack = [root]
+    while stack:
+        widget = stack.pop()
+        if id(widget) in found:
+            continue
+        found[id(widget)] = widget
+        for key in (k for k in widget.keys if not k.startswith("_")):
+            value = getattr(widget, key, None)
+            if isinstance(value, dict):
+                value = list(value.values())
+            stack.extend(v for v in (value if isinstance(value, (list, tuple)) else [value])
+                         if isinstance(v, W.Widget))
+    return list(found.values())
 
 
 def render_unit(values: torch.Tensor) -> torch.Tensor:

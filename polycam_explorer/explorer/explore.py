@@ -6,6 +6,7 @@ import io
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -53,31 +54,40 @@ class SweepRunner:
         self.batch_size = batch_size or default_batch_size(run_device)
         self.queue: "queue.Queue[tuple[str, ImageLike]]" = queue.Queue()
         self.stop = threading.Event()
-        self.thread: Optional[threading.Thread] = None
+        self.thread: Optional[threading.Thread] = None  # the worker; None once it has finished
+        # the worker decides to finish and submit decides to start one under this lock, so an
+        # image submitted just as the worker finds the queue empty is never left in the queue
+        self._lock = threading.Lock()
 
     def submit(self, name: str, image: ImageLike) -> None:
-        self.queue.put((name, image))
-        if self.thread is None or not self.thread.is_alive():
-            self.stop.clear()
-            self.thread = threading.Thread(target=self._work, daemon=True)
-            self.thread.start()
+        with self._lock:
+            self.queue.put((name, image))
+            if self.thread is None or not self.thread.is_alive():  # (not alive: it died of an error)
+                self.stop.clear()
+                self.thread = threading.Thread(target=self._work, daemon=True)
+                self.thread.start()
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Block until the queued sweeps are done (for scripts and tests)."""
-        if self.thread is not None:
-            self.thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (thread := self.thread) is not None and thread is not threading.current_thread():
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive() or self.thread is thread:  # timed out, or it died of an error
+                return
 
     def _work(self) -> None:
-        while not self.stop.is_set():
-            try:
+        while True:
+            if self.stop.is_set() or self.queue.empty():
+                self.explorer.show_progress(None)
+            with self._lock:
+                if self.stop.is_set() or self.queue.empty():
+                    self.thread = None
+                    return
                 name, image = self.queue.get_nowait()
-            except queue.Empty:
-                break
             try:
                 self._run(name, image)
             except Exception as exc:  # noqa: BLE001 - shown in the widget
                 self.explorer.show_error(exc)
-        self.explorer.show_progress(None)
 
     def _run(self, name: str, image: ImageLike) -> None:
         x = load_image(image, self.model, size=self.size)

@@ -1,0 +1,196 @@
+"""pe.explore: background sweeps into the widget, the disk cache, partial map sets, uploads."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import polycam_explorer as pe
+from polycam_explorer import cache
+from polycam_explorer.explorer import explore as explore_module
+from polycam_explorer.explorer import frames
+from polycam_explorer.explorer.frames import Look, Panel
+
+SIZE = 64
+
+
+def _images(n, seed=0, shape=(20, 24, 3)):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+def shown(ms, panel, look=Look(), size=(SIZE, SIZE)):
+    return frames.zoom_and_fit(frames.frame(ms, panel, look), look.zoom, size)
+
+
+def errors(explorer):
+    return "color:#b00020" in explorer.status.value
+
+
+@pytest.fixture
+def opened():
+    explorers = []
+    yield explorers
+    for ex in explorers:
+        ex.close()
+
+
+def test_explore_sweeps_every_image_and_caches_it(tiny_model, tmp_path, opened):
+    images = _images(2)
+    ex = pe.explore(images, model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(ex)
+    assert not errors(ex), ex.status.value
+    assert list(ex.image_picker.options) == ["image 1", "image 2"]
+    for name, image in zip(["image 1", "image 2"], images):
+        ms = ex.mapsets[name]
+        assert ms.complete and ms.size == (16, 16)
+        assert torch.equal(ms.image, pe.load_image(image, tiny_model))
+    assert ex.image_picker.value == "image 1"
+    ms = ex.mapsets["image 1"]
+    top = ms.topk(1)[0][0]
+    assert ex.klass.value == top
+    assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 3, True)))
+    assert ex.status.value == ""  # the "probing…" note is gone
+    assert ex.progress.layout.display == "none" and ex.stop_button.layout.display == "none"
+    files = sorted(tmp_path.glob("*.mapset.npz"))
+    assert len(files) == 2
+    key = cache.cache_key(tiny_model, None, pe.load_image(images[0], tiny_model))
+    assert (tmp_path / f"{key}.mapset.npz") in files
+
+
+def test_second_explore_loads_from_the_disk_cache_without_forward_passes(tiny_model, tmp_path, opened,
+                                                                         monkeypatch):
+    images = _images(2, seed=3)
+    first = pe.explore(images, model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(first)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass on a cached image")
+
+    monkeypatch.setattr(tiny_model.net, "forward", no_forward)
+    monkeypatch.setattr(explore_module, "iter_mapset", no_forward)
+    second = pe.explore(images, model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(second)
+    assert not errors(second), second.status.value
+    assert list(second.mapsets) == ["image 1", "image 2"]
+    for name in second.mapsets:
+        cached, fresh = second.mapsets[name], first.mapsets[name]
+        assert cached.complete
+        assert torch.allclose(cached.probs, fresh.probs, atol=1e-3)
+        assert torch.allclose(cached.saliency(2, "-"), fresh.saliency(2, "-"), atol=0.02)
+    assert second.canvases[0].pixels is not None and second.klass.value == first.klass.value
+
+
+def test_a_damaged_cache_file_is_recomputed(tiny_model, tmp_path, opened):
+    image = _images(1, seed=5)[0]
+    key = cache.cache_key(tiny_model, None, pe.load_image(image, tiny_model))
+    (tmp_path / f"{key}.mapset.npz").write_bytes(b"not a zip file")
+    ex = pe.explore(image, model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(ex)
+    assert not errors(ex), ex.status.value
+    assert ex.mapsets["image 1"].complete
+    assert pe.MapSet.load(tmp_path / f"{key}.mapset.npz").complete  # rewritten
+
+
+def test_partial_mapset_shows_the_depths_probed_so_far(tiny_model, tiny_x, opened):
+    ex = pe.Explorer({}, size=SIZE)
+    opened.append(ex)
+    assert "waiting" in ex.status.value
+    sweep = pe.iter_mapset(tiny_model, tiny_x, progress=False)
+    ms = next(sweep)
+    assert ms.depth_available == 1
+    ex.add_mapset("img", ms)
+    top = ms.topk(1)[0][0]
+    assert "1..1 of 3" in ex.status.value
+    assert ex.depth.value == 3 and ex.main_panel().depth == 1  # clamped to what is probed
+    assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 1, True)))
+    assert "depth 1/3" in ex.captions[0].value
+    ex._strip_click(4 + 2 * 76 + 30, 30)  # depth 3 is not there yet: nothing happens
+    ex.depth.value = 2
+    assert ex.main_panel().depth == 1 and not errors(ex)
+    ex.compare.value = "depths"  # pinned depths are clamped too
+    assert [p.depth for p in ex.panels()] == [1, 1, 1] and not errors(ex)
+    ex.compare.value = "none"
+    ex.depth.value = 3
+
+    next(sweep)
+    ex.refresh("img")
+    assert "1..2 of 3" in ex.status.value
+    assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 2, True)))
+    assert not errors(ex)
+
+    for _ in sweep:
+        pass
+    ex.refresh("img")
+    assert ms.complete and ex.status.value == ""
+    assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 3, True)))
+
+
+def _png(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_upload_explains_a_new_image(tiny_model, tmp_path, opened):
+    ex = pe.explore(_images(1, seed=7), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(ex)
+    assert ex.upload.layout.display is None  # offered once a runner is attached
+    pixels = _images(1, seed=8, shape=(16, 16, 3))[0]
+    ex._on_upload({"new": [{"name": "x.png", "content": memoryview(_png(pixels))}]})
+    ex.runner.wait(30)
+    assert not errors(ex), ex.status.value
+    assert list(ex.image_picker.options) == ["image 1", "x"]
+    ms = ex.mapsets["x"]
+    assert ms.complete and torch.equal(ms.image, pe.load_image(pixels, tiny_model))
+    assert ex.image_picker.value == "image 1"  # the image on screen stays
+    ex.image_picker.value = "x"
+    top = ms.topk(1)[0][0]
+    assert ex.klass.value == top
+    assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 3, True)))
+    assert len(list(tmp_path.glob("*.mapset.npz"))) == 2
+
+
+def test_upload_without_a_runner_or_file_does_nothing():
+    ex = pe.Explorer({}, size=SIZE)
+    try:
+        ex._on_upload({"new": [{"name": "x.png", "content": _png(np.zeros((16, 16, 3), np.uint8))}]})
+        ex._on_upload({"new": []})
+        assert ex.mapsets == {} and not errors(ex)
+    finally:
+        ex.close()
+
+
+def test_bad_upload_is_shown_not_raised(tiny_model, tmp_path, opened):
+    ex = pe.explore(_images(1, seed=9), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(ex)
+    ex._on_upload({"new": [{"name": "notes.txt", "content": b"this is not an image"}]})
+    assert errors(ex)
+    assert list(ex.mapsets) == ["image 1"]
+
+
+def test_an_image_submitted_as_the_worker_finishes_is_still_explained(tiny_model, tmp_path, opened):
+    import threading
+
+    ex = pe.explore(_images(1, seed=10), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
+    opened.append(ex)
+    at_end, go_on = threading.Event(), threading.Event()
+    real = ex.show_progress
+
+    def slow_end(state):  # hold the worker just as it finds its queue empty
+        if state is None and not at_end.is_set():
+            at_end.set()
+            go_on.wait(10)
+        real(state)
+
+    ex.show_progress = slow_end
+    a, b = _images(2, seed=11)
+    ex.runner.submit("a", a)
+    assert at_end.wait(30)
+    ex.runner.submit("b", b)
+    go_on.set()
+    ex.runner.wait(30)
+    assert not errors(ex), ex.status.value
+    assert set(ex.mapsets) == {"image 1", "a", "b"} and ex.mapsets["b"].complete
+    assert ex.progress.layout.display == "none"
