@@ -144,8 +144,7 @@ def test_upload_explains_a_new_image(tiny_model, tmp_path, opened):
     assert list(ex.image_picker.options) == ["image 1", "x"]
     ms = ex.mapsets["x"]
     assert ms.complete and torch.equal(ms.image, pe.load_image(pixels, tiny_model))
-    assert ex.image_picker.value == "image 1"  # the image on screen stays
-    ex.image_picker.value = "x"
+    assert ex.image_picker.value == "x"  # an uploaded image is shown as soon as it has a map
     top = ms.topk(1)[0][0]
     assert ex.klass.value == top
     assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 3, True)))
@@ -194,3 +193,31 @@ def test_an_image_submitted_as_the_worker_finishes_is_still_explained(tiny_model
     assert not errors(ex), ex.status.value
     assert set(ex.mapsets) == {"image 1", "a", "b"} and ex.mapsets["b"].complete
     assert ex.progress.layout.display == "none"
+
+
+def test_wait_for_returns_the_complete_map_set_and_refuses_unknown_names(tiny_model, tmp_path, opened):
+    ex = pe.explore(_images(2, seed=3), model=tiny_model, cache_dir=tmp_path, panel_size=SIZE)
+    opened.append(ex)
+    ms = ex.wait_for("image 2", timeout=60)
+    assert ms.complete and ms is ex.mapsets["image 2"]
+    ex.runner.wait(30)
+    with pytest.raises(ValueError, match="no complete map set 'nope'"):
+        ex.wait_for("nope")
+
+
+def test_cancel_drops_queued_images(tiny_model, tmp_path, opened):
+    ex = pe.explore(_images(1, seed=3), model=tiny_model, cache_dir=tmp_path, panel_size=SIZE, wait=True)
+    opened.append(ex)
+    ex.runner.stop.set()  # hold: nothing starts until submit clears it
+    ex.runner.queue.put(("queued", _images(1, seed=4)[0], False))
+    ex.runner.cancel()
+    assert ex.runner.queue.empty()
+
+
+def test_a_successful_draw_clears_an_earlier_error(tiny_model, tmp_path, opened):
+    ex = pe.explore(_images(1, seed=3), model=tiny_model, cache_dir=tmp_path, panel_size=SIZE, wait=True)
+    opened.append(ex)
+    ex.show_error(ValueError("boom"))
+    assert errors(ex)
+    ex.variant.value = "-"
+    assert not errors(ex) and ex.status.value == ""

@@ -146,7 +146,7 @@ class Explorer(W.VBox):
             extras.set_title(i, title)
         super().__init__([controls, self.panels_box, self.hover, self.status, extras])
         self.upload.observe(self._on_upload, names="value")
-        self.stop_button.on_click(lambda _: self.runner and self.runner.stop.set())
+        self.stop_button.on_click(lambda _: self.runner and self.runner.cancel())
         if self.mapsets:
             self._select_image(next(iter(self.mapsets)))
         else:
@@ -218,9 +218,10 @@ class Explorer(W.VBox):
         self.runner = runner
         self.upload.layout.display = None
 
-    def add_mapset(self, name: str, ms: MapSet) -> None:
-        """Add a map set (possibly still being filled) to the image picker; show it if first."""
-        first, current = not self.mapsets, self.image_picker.value
+    def add_mapset(self, name: str, ms: MapSet, *, show: bool = False) -> None:
+        """Add a map set (possibly still being filled) to the image picker; show it if it is the
+        first one or ``show`` is True."""
+        first, current = not self.mapsets or show, self.image_picker.value
         self.mapsets[name] = ms
         # a map set replacing one of the same name: forget what was derived from the old one
         self._images.pop(name, None)
@@ -234,6 +235,28 @@ class Explorer(W.VBox):
             self.image_picker.observe(self._on_image, names="value")
         if first or current == name:
             self._select_image(name)
+
+    def wait_for(self, name: str, timeout: Optional[float] = None) -> MapSet:
+        """Block until the map set ``name`` is complete (for notebooks and scripts) and return it.
+
+        Raises:
+            ValueError: no such image, or its sweep stopped (error or cancel) before completing.
+            TimeoutError: after ``timeout`` seconds.
+        """
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ms = self.mapsets.get(name)
+            if ms is not None and ms.complete:
+                return ms
+            busy = self.runner is not None and self.runner.busy
+            if not busy and (ms is None or not ms.complete):
+                raise ValueError(f"no complete map set {name!r}: the images are {list(self.mapsets)}"
+                                 + (" (its sweep stopped before the end)" if ms is not None else ""))
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"map set {name!r} not complete after {timeout} s")
+            time.sleep(0.05)
 
     def refresh(self, name: str) -> None:
         """Redraw if ``name`` is on screen (a finer layer of its map set has been probed)."""
@@ -258,7 +281,7 @@ class Explorer(W.VBox):
         if not change["new"] or self.runner is None:
             return
         name, image = upload_to_image(change["new"])
-        self.runner.submit(name, image)
+        self.runner.submit(name, image, show=True)
 
     # ----- callbacks --------------------------------------------------------------------------
     @_guarded
@@ -423,10 +446,9 @@ class Explorer(W.VBox):
             pixels = frames.frame(ms, panel, look, image)
             canvas.draw(frames.zoom_and_fit(pixels, look.zoom, canvas.size))
             caption.value = f"<span style='font-size:90%'>{self.caption(panel)}</span>"
-        if not ms.complete:
-            self.status.value = (f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
-        elif self.status.value.startswith("<i>probing"):
-            self.status.value = ""
+        # a successful draw replaces any earlier message (an error the user has moved past included)
+        self.status.value = ("" if ms.complete else
+                             f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
         self._render_strip(panels[0])
         self._render_teaching(panels[0])
         self.curves.show_cached(panels[0])
@@ -490,7 +512,7 @@ class Explorer(W.VBox):
             return
         self.curves.cancel()
         if self.runner is not None:
-            self.runner.stop.set()
+            self.runner.cancel()
         for ms in self.mapsets.values():
             ms._cache.clear()
         self.mapsets = {}

@@ -19,18 +19,12 @@ from ..mapset import iter_mapset
 from ..models import ImageLike, as_classifier, load_image, load_model
 from .app import Explorer
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data"
 Images = Union[ImageLike, Sequence[ImageLike], Mapping[str, ImageLike], None]
-
-
-def default_batch_size(device: torch.device) -> int:
-    """64 images per pass on a GPU; 16 on a CPU, where larger batches run slower per image."""
-    return 64 if device.type == "cuda" else 16
 
 
 def _named_images(images: Images) -> dict[str, ImageLike]:
     if images is None:
-        return {p.stem: p for p in sorted(SAMPLES.glob("*.jpg"))}
+        return {p.stem: p for p in cache.sample_images()}
     if isinstance(images, Mapping):
         return dict(images)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
@@ -51,17 +45,30 @@ class SweepRunner:
         self.layers, self.device, self.size, self.cache_dir = layers, device, size, cache_dir
         run_device = torch.device(device) if device is not None else next(
             (p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.batch_size = batch_size or default_batch_size(run_device)
-        self.queue: "queue.Queue[tuple[str, ImageLike]]" = queue.Queue()
+        self.batch_size = batch_size or cache.default_batch_size(run_device)
+        self.queue: "queue.Queue[tuple[str, ImageLike, bool]]" = queue.Queue()
         self.stop = threading.Event()
         self.thread: Optional[threading.Thread] = None  # the worker; None once it has finished
         # the worker decides to finish and submit decides to start one under this lock, so an
         # image submitted just as the worker finds the queue empty is never left in the queue
         self._lock = threading.Lock()
 
-    def submit(self, name: str, image: ImageLike) -> None:
+    @property
+    def busy(self) -> bool:
+        """True while images are queued or being probed."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stop the running sweep and drop the queued images."""
         with self._lock:
-            self.queue.put((name, image))
+            self.stop.set()
+            while not self.queue.empty():
+                self.queue.get_nowait()
+
+    def submit(self, name: str, image: ImageLike, *, show: bool = False) -> None:
+        """Queue an image; ``show`` puts it on screen as soon as its first depth is ready."""
+        with self._lock:
+            self.queue.put((name, image, show))
             if self.thread is None or not self.thread.is_alive():  # (not alive: it died of an error)
                 self.stop.clear()
                 self.thread = threading.Thread(target=self._work, daemon=True)
@@ -83,17 +90,17 @@ class SweepRunner:
                 if self.stop.is_set() or self.queue.empty():
                     self.thread = None
                     return
-                name, image = self.queue.get_nowait()
+                name, image, show = self.queue.get_nowait()
             try:
-                self._run(name, image)
+                self._run(name, image, show)
             except Exception as exc:  # noqa: BLE001 - shown in the widget
                 self.explorer.show_error(exc)
 
-    def _run(self, name: str, image: ImageLike) -> None:
+    def _run(self, name: str, image: ImageLike, show: bool) -> None:
         x = load_image(image, self.model, size=self.size)
         ms = cache.cached(self.model, self.layers, x, self.cache_dir, self.device)
         if ms is not None:
-            self.explorer.add_mapset(name, ms)
+            self.explorer.add_mapset(name, ms, show=show)
             return
         self.explorer.show_progress((name, 0, 1))
         first = True
@@ -101,7 +108,7 @@ class SweepRunner:
                               progress=lambda done, total: self.explorer.show_progress((name, done, total)),
                               cancel=self.stop):
             if first:
-                self.explorer.add_mapset(name, ms)
+                self.explorer.add_mapset(name, ms, show=show)
                 first = False
             else:
                 self.explorer.refresh(name)

@@ -34,7 +34,7 @@ class FaithfulnessPanel:
         self.del_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=["#d62728"],
                                  labels=["deletion"], display_legend=True)
         axes = [bq.Axis(scale=x_scale, label="fraction of pixels inserted / deleted"),
-                bq.Axis(scale=y_scale, orientation="vertical", label="class probability")]
+                bq.Axis(scale=y_scale, side="left", label="class probability")]
         self.figure = bq.Figure(marks=[self.ins_line, self.del_line], axes=axes, legend_location="top-right",
                                 layout=W.Layout(width="520px", height="320px"), title="")
         self.button = W.Button(description="compute curves", icon="line-chart",
