@@ -83,6 +83,8 @@ class Explorer(W.VBox):
         self._pinned_preset: Optional[str] = None  # the compare preset the pins come from, if any
         self._images: dict[str, np.ndarray] = {}
         self._drawing = False
+        self._strip_cache: tuple = (None, None)  # (key, strip pixels without the depth frame)
+        self._teaching_key: tuple | None = None
 
         self.image_picker = W.Dropdown(description="image", options=list(self.mapsets))
         self.klass = W.Dropdown(description="class")
@@ -454,21 +456,34 @@ class Explorer(W.VBox):
         self.curves.show_cached(panels[0])
 
     def _render_strip(self, panel: frames.Panel) -> None:
+        """Thumbnails of every depth (built once per class, variant, LNorm and colormap); the
+        current depth is framed."""
         ms, tile, pad = self.ms, STRIP_TILE, STRIP_PAD
-        n = len(ms.layers)
-        strip = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
-        image = self._image()
-        for depth in range(1, ms.depth_available + 1):
-            values = ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm)
-            thumb = frames.zoom_and_fit(render.overlay(image, values, self.cmap.value, 0.6), None, (tile, tile))
-            x = pad + (depth - 1) * (tile + pad)
-            if depth == panel.depth:
-                strip[:, x - pad // 2: x + tile + pad // 2] = (255, 140, 0)
-            strip[pad: pad + tile, x: x + tile] = thumb
+        key = (ms, panel.class_idx, panel.variant, panel.lnorm, self.cmap.value, ms.depth_available)
+        if self._strip_cache[0] != key:
+            n = len(ms.layers)
+            base = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
+            rows, cols = frames.nearest_indices(ms.size, (tile, tile))
+            image = self._image()[rows, cols]
+            for depth in range(1, ms.depth_available + 1):
+                values = ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm).cpu().numpy()
+                x = pad + (depth - 1) * (tile + pad)
+                base[pad: pad + tile, x: x + tile] = render.overlay(image, values[rows, cols], self.cmap.value, 0.6)
+            self._strip_cache = (key, base)
+        strip = self._strip_cache[1].copy()
+        x = pad + (panel.depth - 1) * (tile + pad)
+        frame = strip[:, x - pad // 2: x + tile + pad // 2]
+        inner = frame[pad: pad + tile, pad // 2: pad // 2 + tile].copy()
+        frame[:] = (255, 140, 0)
+        frame[pad: pad + tile, pad // 2: pad // 2 + tile] = inner
         self.strip.resize(strip.shape[:2])
         self.strip.draw(strip)
 
     def _render_teaching(self, panel: frames.Panel) -> None:
+        key = (self.ms, panel, self.cmap.value, self.ms.depth_available)
+        if self._teaching_key == key:
+            return
+        self._teaching_key = key
         if panel.depth < 2:
             self.teaching_caption.value = "Depth 1 is the coarsest CAM itself; choose depth ≥ 2 to see a step."
             self.teaching.draw(np.full((*self.teaching.size, 3), 255, np.uint8))

@@ -111,6 +111,15 @@ def zoom_and_fit(pixels: np.ndarray, zoom: Box | None, size: tuple[int, int]) ->
     return np.asarray(Image.fromarray(pixels).resize((w, h), Image.NEAREST))
 
 
+def nearest_indices(size: tuple[int, int], shown: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices (broadcastable) that :func:`zoom_and_fit` picks to scale ``size`` to
+    ``shown`` without zoom: indexing with them equals the nearest-neighbour resize, pixel for pixel."""
+    h, w = size
+    index = np.arange(h * w, dtype=np.int32).reshape(h, w)
+    picked = np.asarray(Image.fromarray(index, mode="I").resize((shown[1], shown[0]), Image.NEAREST))
+    return picked // w, picked % w
+
+
 def display_size(image_size: tuple[int, int], longest: int) -> tuple[int, int]:
     """The on-screen size of a panel: the image's aspect ratio, longest side ``longest`` pixels."""
     h, w = image_size
