@@ -11,6 +11,7 @@ import torch
 
 from . import render
 from .cache import default_batch_size
+from .files import atomic_write
 from .mapset import MapSet, compute_mapset
 from .models import load_image, load_model
 
@@ -67,9 +68,8 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
               "top5": [{"index": i, "name": n, "probability": p} for i, n, p in ms.topk(5)],
               "forward_passes": ms.stats.get("forward_passes"), "naive_passes": ms.stats.get("naive_passes"),
               "files": files + [str(out_dir / f"{stem}_summary.png")]}
-    tmp = out_dir / f".{stem}_explain.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out_dir / f"{stem}_explain.json")
+    with atomic_write(out_dir / f"{stem}_explain.json") as f:
+        f.write(json.dumps(report, indent=2).encode())
     return report
 
 

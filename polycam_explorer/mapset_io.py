@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from .files import atomic_write
 
 FORMAT = "polycam-explorer/mapset"
 VERSION = 1
@@ -46,15 +47,8 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
                 arrays[f"dminus_{i}"] = arr(ms.probs.float()[None] - ms._minus[i].float())
             else:
                 arrays[f"sminus_{i}"] = arr(ms._minus[i])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)
 
 
 def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None = None,

@@ -5,14 +5,14 @@ The single place where maps leave the device and become images.
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import lru_cache
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from .files import atomic_write
 
 COLORMAPS = ("turbo", "viridis", "inferno", "jet", "magma", "plasma", "gray")
 
@@ -91,13 +91,5 @@ def grid(tiles: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[str] = (
 
 def save_png(pixels: np.ndarray, path: str | os.PathLike) -> None:
     """Write an ``H x W x 3`` uint8 array as PNG, atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        Image.fromarray(pixels).save(f, format="PNG")

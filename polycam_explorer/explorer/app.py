@@ -102,6 +102,7 @@ class Explorer(W.VBox):
         self.compare = W.Dropdown(description="compare", options=COMPARE_OPTIONS, value="none")
         self.reset_zoom = W.Button(description="reset zoom", icon="search-minus", disabled=True)
         self.status = W.HTML()
+        self.legend = W.HTML(layout=W.Layout(display="none"))
         self.hover = W.HTML("&nbsp;")
         self.panels_box = W.HBox()
         self.canvases: list[FrameCanvas] = []
@@ -133,7 +134,7 @@ class Explorer(W.VBox):
             W.HBox([self.image_picker, self.klass, self.search]),
             W.HBox([self.variant, self.lnorm]),
             self.depth,
-            W.HBox([self.mode, self.other_class, self.cmap, self.opacity]),
+            W.HBox([self.mode, self.other_class, self.cmap, self.opacity, self.legend]),
             W.HBox([self.compare, self.reset_zoom, self.upload]),
             W.HBox([self.progress, self.progress_label, self.stop_button]),
         ])
@@ -437,6 +438,8 @@ class Explorer(W.VBox):
         if self._drawing or not self.mapsets:
             return
         self.other_class.layout.display = None if self.mode.value == "contrast" else "none"
+        self.legend.value = frames.legend_html(self.mode.value)
+        self.legend.layout.display = None if self.legend.value else "none"
         ms = self.ms
         if ms.depth_available == 0:
             self.status.value = "<i>probing the coarsest layer…</i>"

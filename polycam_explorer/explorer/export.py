@@ -1,8 +1,6 @@
 """Export what the explorer shows: the panels as one PNG, the maps on screen as one npz."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import render
+from ..files import atomic_write
 from . import frames
 
 if TYPE_CHECKING:
@@ -46,13 +45,6 @@ def export_maps(explorer: "Explorer") -> Path:
     arrays["image"] = np.array(explorer.image_picker.value)
     arrays["class_names"] = np.array([explorer.ms.class_names[p.class_idx] for p in explorer.panels()])
     path = explorer.export_dir / f"{_stem(explorer)}.maps.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)
     return path

@@ -68,6 +68,26 @@ def legend_2d(size: int = 64) -> np.ndarray:
     return insertion_deletion_colors(ramp[None, :].repeat(size, 0), ramp[::-1, None].repeat(size, 1))
 
 
+def legend_html(mode: str) -> str:
+    """A small legend for the two views with their own colour scales ('' for the others)."""
+    import base64
+    import io
+
+    if mode == "ins-vs-del":
+        square, text = legend_2d(48), ("→ PCAM+ (showing keeps the class)<br>↑ PCAM- (hiding removes it)"
+                                       "<br>white: both agree")
+    elif mode == "contrast":
+        square = diverging(np.linspace(-1.0, 1.0, 96, dtype=np.float32)[None, :].repeat(12, 0))
+        text = "blue: the other class · red: this class"
+    else:
+        return ""
+    buffer = io.BytesIO()
+    Image.fromarray(square).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f"<div style='display:flex;gap:6px;align-items:center;font-size:80%'>"
+            f"<img src='data:image/png;base64,{data}'/><span>{text}</span></div>")
+
+
 def diverging(values: np.ndarray) -> np.ndarray:
     """Colour values in [-1, 1]: blue (negative), white (0), red (positive)."""
     return render.colormap("coolwarm")[np.clip((values + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)]
