@@ -275,10 +275,12 @@ def load_image(image: ImageLike, model: nn.Module | None = None, *,
     h, w = int(size[0]), int(size[1])
     if h < 8 or w < 8:
         raise ValueError(f"size must be at least 8 x 8 pixels, got {h} x {w}")
+    from torchvision.transforms.functional import resize, to_tensor
+
+    x = to_tensor(pil)  # C x H x W in [0, 1]
     if (pil.height, pil.width) != (h, w):
-        pil = pil.resize((w, h), Image.BILINEAR)
-    arr = np.asarray(pil, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1)
+        # the tensor resize of torchvision (bilinear, antialiased), as the authors' evaluation does
+        x = resize(x, [h, w], antialias=True)
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     return x[None].contiguous()
 
