@@ -6,8 +6,11 @@ Gaussian of sigma 5 (normalised space); pixels are ranked by decreasing saliency
 baseline; deletion: the baseline over them in the image); the score of a sample is the class
 probability and the AUC is the mean of the ``n`` scores.
 
-Ties in the ranking are broken by pixel index, later pixels first (raster order, row-major): the
-order of an ascending stable sort reversed, as in the authors' metric code.
+Ties in the ranking: by default (``ties="authors"``) pixels are ordered exactly as the authors'
+metric code orders them — ``torch.argsort`` of the flattened ``1 x HW`` map, reversed — so the
+numbers match theirs on the same maps; that order is deterministic for a given torch build and
+device but not specified among equal values. ``ties="index"`` breaks ties by pixel index instead,
+earlier pixels (row-major) first, the same on every machine.
 """
 from __future__ import annotations
 
@@ -31,18 +34,23 @@ def blur_baseline(x: torch.Tensor) -> torch.Tensor:
     return gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])
 
 
-def saliency_rank(saliency: torch.Tensor) -> torch.Tensor:
-    """Rank of every pixel (0 = most salient) with the documented tie-break, ``[H*W]``."""
-    flat = saliency.reshape(-1)
-    ascending = torch.sort(flat, stable=True).indices
-    order = torch.flip(ascending, dims=[0])
+def saliency_rank(saliency: torch.Tensor, ties: str = "authors") -> torch.Tensor:
+    """Rank of every pixel (0 = most salient), ``[H*W]``; ``ties`` as in the module docstring."""
+    flat = saliency.reshape(1, -1)
+    if ties == "authors":
+        order = torch.flip(flat.argsort(), dims=[-1])[0]
+    elif ties == "index":
+        order = torch.sort(flat, descending=True, stable=True).indices[0]
+    else:
+        raise ValueError(f"ties must be 'authors' or 'index', got {ties!r}")
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
     return rank
 
 
 def _curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx: int, n_steps: int,
-           *, insert: bool, batch_size: int, rise: bool, progress: Progress | None) -> tuple[float, np.ndarray]:
+           *, insert: bool, batch_size: int, rise: bool, ties: str, progress: Progress | None
+           ) -> tuple[float, np.ndarray]:
     clf = as_classifier(model)
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must have shape 1 x C x H x W, got {tuple(x.shape)}")
@@ -61,7 +69,7 @@ def _curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx:
     x = x.to(device)
     baseline = blur_baseline(x)
     start, end = (baseline, x) if insert else (x, baseline)
-    rank = saliency_rank(saliency.to(device).float()).reshape(1, 1, h, w)
+    rank = saliency_rank(saliency.to(device).float(), ties).reshape(1, 1, h, w)
     per_step = math.ceil(h * w / n_steps)
     steps = torch.arange(0 if rise else 1, n_steps + 1, device=device)
     scores = []
@@ -78,20 +86,21 @@ def _curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx:
 
 
 def insertion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx: int, n_steps: int = 224,
-              *, batch_size: int = 32, rise: bool = False, progress: Progress | None = None
-              ) -> tuple[float, np.ndarray]:
+              *, batch_size: int = 32, rise: bool = False, ties: str = "authors",
+              progress: Progress | None = None) -> tuple[float, np.ndarray]:
     """Insertion AUC (higher is better) and its curve of ``n_steps`` class probabilities.
 
-    ``rise=True`` adds the 0% point (the baseline alone) and uses the trapezoid AUC of the RISE paper.
+    ``rise=True`` adds the 0% point (the baseline alone) and uses the trapezoid AUC of the RISE paper;
+    ``ties`` chooses how equal saliency values are ordered (module docstring).
     ``progress(done, total)`` is called after each batch.
     """
     return _curve(model, x, saliency, class_idx, n_steps, insert=True, batch_size=batch_size, rise=rise,
-                  progress=progress)
+                  ties=ties, progress=progress)
 
 
 def deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx: int, n_steps: int = 224,
-             *, batch_size: int = 32, rise: bool = False, progress: Progress | None = None
-             ) -> tuple[float, np.ndarray]:
+             *, batch_size: int = 32, rise: bool = False, ties: str = "authors",
+             progress: Progress | None = None) -> tuple[float, np.ndarray]:
     """Deletion AUC (lower is better) and its curve; arguments as :func:`insertion`."""
     return _curve(model, x, saliency, class_idx, n_steps, insert=False, batch_size=batch_size, rise=rise,
-                  progress=progress)
+                  ties=ties, progress=progress)

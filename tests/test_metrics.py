@@ -77,9 +77,17 @@ def test_true_importance_beats_a_random_map():
     assert true_ins > rand_ins + 0.02 and true_del < rand_del - 0.02
 
 
-def test_ties_are_broken_by_index_later_pixels_first():
-    rank = saliency_rank(torch.tensor([[0.5, 1.0], [0.5, 0.5]]))
-    assert rank.tolist() == [3, 0, 2, 1]
+def test_ties_index_breaks_ties_by_pixel_index_earlier_first():
+    rank = saliency_rank(torch.tensor([[0.5, 1.0], [0.5, 0.5]]), "index")
+    assert rank.tolist() == [1, 0, 2, 3]
+
+
+def test_ties_authors_is_the_authors_ordering_reversed_argsort():
+    sal = (torch.rand(20, 20, generator=torch.Generator().manual_seed(0)) * 4).floor()  # many ties
+    order = torch.flip(sal.view(-1, 400).argsort(), dims=[-1])[0]  # as the authors' metric code
+    assert torch.equal(saliency_rank(sal)[order], torch.arange(400))
+    with pytest.raises(ValueError, match="ties must be"):
+        saliency_rank(sal, "random")
 
 
 def test_rise_option_adds_the_zero_point_and_uses_the_trapezoid():
