@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
     p.add_argument("--save-mapset", action="store_true", help="also write the map set (.npz, fp16)")
     p.add_argument("--no-progress", action="store_true")
+    g = sub.add_parser("generate", help="saliency npz files for a folder of images (the authors' layout)")
+    _dataset_arguments(g)
+    g.add_argument("--methods", default="pcam+,pcam-,pcam+-",
+                   help="comma-separated: pcam+, pcam-, pcam+- and the baselines (gradcam, scorecam, rise, ...)")
+    g.add_argument("--all-depths", action="store_true", help="also one npz per PCAM depth (name suffix 0..L-1)")
+    g.add_argument("--save-mapsets", action="store_true", help="also keep each image's map set (fp16 npz)")
+    e = sub.add_parser("evaluate", help="insertion / deletion of saliency npz files, csv per method, summary")
+    _dataset_arguments(e)
+    e.add_argument("--npz", nargs="+", help="npz files or folders (default: OUT/<model>_*.npz)")
+    e.add_argument("--n-steps", type=int, default=224)
     s = sub.add_parser("serve", help="open the interactive explorer in the browser (Voila)")
     s.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
     s.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
@@ -133,6 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8866)
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     return parser
+
+
+def _dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
+    p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--list", dest="list_file", help="file listing the images to use, one per line")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: the model's input size)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:
+    if not args.npz:
+        files = sorted(Path(args.out).glob(f"{model_name}_*.npz"))
+    else:
+        files = []
+        for item in map(Path, args.npz):
+            files += sorted(item.glob("*.npz")) if item.is_dir() else [item]
+    if not files:
+        raise ValueError(f"no saliency npz files to evaluate (looked for {model_name}_*.npz in {args.out}); "
+                         "run polycam-explorer generate first or pass --npz")
+    return files
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +182,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             for entry in report["top5"]:
                 print(f"{entry['probability']:.3f}  {entry['index']:>4}  {entry['name']}")
             print(f"explained: {report['explained_name']} -> {args.out}")
+        elif args.command in ("generate", "evaluate"):
+            from . import evaluation
+
+            model = load_model(args.model, args.weights)
+            device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+            model.to(device)
+            size = (args.size, args.size) if args.size else None
+            batch = args.batch_size or default_batch_size(device)
+            if args.command == "generate":
+                for path in evaluation.generate(model, args.images, args.methods.split(","), args.out,
+                                                list_file=args.list_file, size=size, batch_size=batch,
+                                                all_depths=args.all_depths, save_mapsets=args.save_mapsets,
+                                                progress=not args.no_progress):
+                    print(path)
+            else:
+                rows = evaluation.evaluate(model, args.images, _npz_files(args, model.name), args.out,
+                                           list_file=args.list_file, size=size, n_steps=args.n_steps,
+                                           batch_size=args.batch_size or 32, progress=not args.no_progress)
+                if rows is not None:
+                    print((Path(args.out) / "summary.md").read_text())
         elif args.command == "serve":
             return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
                          open_browser=not args.no_browser)
