@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_arguments(e)
     e.add_argument("--npz", nargs="+", help="npz files or folders (default: OUT/<model>_*.npz)")
     e.add_argument("--n-steps", type=int, default=224)
+    e.add_argument("--images-per-batch", type=int, default=4, help="images whose samples share forward batches")
     s = sub.add_parser("serve", help="open the interactive explorer in the browser (Voila)")
     s.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
     s.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
@@ -199,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 rows = evaluation.evaluate(model, args.images, _npz_files(args, model.name), args.out,
                                            list_file=args.list_file, size=size, n_steps=args.n_steps,
-                                           batch_size=args.batch_size or 32, progress=not args.no_progress)
+                                           batch_size=args.batch_size or 32,
+                                           images_per_batch=args.images_per_batch, progress=not args.no_progress)
                 if rows is not None:
                     print((Path(args.out) / "summary.md").read_text())
         elif args.command == "serve":

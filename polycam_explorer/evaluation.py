@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .files import atomic_write
 from .mapset import compute_mapset
-from .metrics import deletion, insertion
+from .metrics import faithfulness_curves
 from .models import Classifier, load_image, model_fingerprint, probabilities
 
 VARIANT_OF = {"pcamp": "+", "pcamm": "-", "pcampm": "+-"}
@@ -219,9 +219,11 @@ def read_maps(path: str | os.PathLike, model: Classifier | None = None) -> tuple
 
 def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[str | os.PathLike],
              out: str | os.PathLike, *, list_file: str | os.PathLike | None = None, size: int | None = None,
-             n_steps: int = 224, batch_size: int = 32, progress: bool = True) -> Optional[list[dict]]:
+             n_steps: int = 224, batch_size: int = 32, images_per_batch: int = 4, progress: bool = True
+             ) -> Optional[list[dict]]:
     """Insertion and deletion of every map of every npz file; per-image csv files in the authors'
-    format and a summary table. Returns the summary rows on rank 0 (None on other ranks)."""
+    format and a summary table. The samples of ``images_per_batch`` images share forward batches.
+    Returns the summary rows on rank 0 (None on other ranks)."""
     dist = distributed()
     out = Path(out)
     names = list_images(images, list_file)
@@ -239,23 +241,17 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
         loaded.append((f.stem, maps))
     mine = names[dist.rank::dist.world]
     with _progress(len(mine) * len(loaded), f"evaluate ({label})", dist, progress) as bar:
-        for name in mine:
-            todo = [(stem, maps) for stem, maps in loaded if not _part(out, stem, name, ".json").is_file()]
-            if todo:
-                x = load_image(Path(images) / name, model, size=size).to(_device(model))
-                with torch.no_grad():
-                    class_idx = int(probabilities(model.net(x)).argmax())
-            for stem, maps in todo:
-                sal = torch.as_tensor(maps[name], dtype=torch.float32)
-                sal = F.interpolate(sal.reshape(1, 1, *sal.shape[-2:]), x.shape[-2:], mode="bilinear",
-                                    align_corners=False)[0, 0]
-                ins_auc, ins = insertion(model, x, sal, class_idx, n_steps, batch_size=batch_size)
-                del_auc, dele = deletion(model, x, sal, class_idx, n_steps, batch_size=batch_size)
-                record = {"class": class_idx, "ins_auc": ins_auc, "del_auc": del_auc,
-                          "ins": ins.tolist(), "del": dele.tolist()}
-                with atomic_write(_part(out, stem, name, ".json")) as f:
-                    f.write(json.dumps(record).encode())
-            bar.update(len(loaded))
+        for first in range(0, len(mine), images_per_batch):
+            group = mine[first:first + images_per_batch]
+            todo = {stem: [n for n in group if not _part(out, stem, n, ".json").is_file()] for stem, _ in loaded}
+            needed = list(dict.fromkeys(n for names_todo in todo.values() for n in names_todo))
+            xs = {n: load_image(Path(images) / n, model, size=size).to(_device(model)) for n in needed}
+            with torch.no_grad():
+                classes = {n: int(probabilities(model.net(x)).argmax()) for n, x in xs.items()}
+            for stem, maps in loaded:
+                if todo[stem]:
+                    _score_group(model, out, stem, todo[stem], maps, xs, classes, n_steps, batch_size)
+                bar.update(len(group))
     dist.barrier()
     if dist.rank != 0:
         return None
@@ -263,6 +259,24 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
                  method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem) for stem, _ in loaded]
     _write_summary(out, rows)
     return rows
+
+
+def _score_group(model: Classifier, out: Path, stem: str, names: Sequence[str], maps: dict, xs: dict,
+                 classes: dict, n_steps: int, batch_size: int) -> None:
+    """Insertion and deletion of a group of images in shared forward batches; one part file each."""
+    sals = []
+    for name in names:
+        sal = torch.as_tensor(maps[name], dtype=torch.float32)  # the authors' maps may be 1 x 1 x h x w
+        sals.append(F.interpolate(sal.reshape(1, 1, *sal.shape[-2:]), xs[name].shape[-2:], mode="bilinear",
+                                  align_corners=False)[0, 0])
+    results = faithfulness_curves(model, [xs[n] for n in names], sals, [classes[n] for n in names], n_steps,
+                                  batch_size=batch_size)
+    for name, result in zip(names, results):
+        (ins_auc, ins), (del_auc, dele) = result["insertion"], result["deletion"]
+        record = {"class": classes[name], "ins_auc": ins_auc, "del_auc": del_auc,
+                  "ins": ins.tolist(), "del": dele.tolist()}
+        with atomic_write(_part(out, stem, name, ".json")) as f:
+            f.write(json.dumps(record).encode())
 
 
 def _csv_text(rows: dict[str, Sequence[float]]) -> bytes:

@@ -15,7 +15,7 @@ earlier pixels (row-major) first, the same on every machine.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,10 +48,7 @@ def saliency_rank(saliency: torch.Tensor, ties: str = "authors") -> torch.Tensor
     return rank
 
 
-def _curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx: int, n_steps: int,
-           *, insert: bool, batch_size: int, rise: bool, ties: str, progress: Progress | None
-           ) -> tuple[float, np.ndarray]:
-    clf = as_classifier(model)
+def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: int) -> None:
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must have shape 1 x C x H x W, got {tuple(x.shape)}")
     h, w = x.shape[-2:]
@@ -61,28 +58,69 @@ def _curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx:
         raise ValueError(f"n_steps must be an int in 1..{h * w}, got {n_steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    device = next((p.device for p in clf.net.parameters()), x.device)
-    with inference_state(clf.net):
-        n_classes = probabilities(clf.net(x.to(device))).shape[1]
-    if isinstance(class_idx, bool) or not 0 <= int(class_idx) < n_classes:
-        raise ValueError(f"class_idx must be in 0..{n_classes - 1}, got {class_idx!r}")
-    x = x.to(device)
-    baseline = blur_baseline(x)
-    start, end = (baseline, x) if insert else (x, baseline)
-    rank = saliency_rank(saliency.to(device).float(), ties).reshape(1, 1, h, w)
+
+
+def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies: Sequence[torch.Tensor],
+                        class_idxs: Sequence[int], n_steps: int = 224, *,
+                        kinds: Sequence[str] = ("insertion", "deletion"), batch_size: int = 32,
+                        rise: bool = False, ties: str = "authors", progress: Progress | None = None
+                        ) -> list[dict[str, tuple[float, np.ndarray]]]:
+    """Insertion and/or deletion of several same-size images at once: the samples of every image
+    and kind share the forward batches. Returns, per image, ``{kind: (auc, curve)}``."""
+    clf = as_classifier(model)
+    if not xs or not (len(xs) == len(saliencies) == len(class_idxs)):
+        raise ValueError("xs, saliencies and class_idxs must be non-empty and of the same length")
+    unknown = set(kinds) - {"insertion", "deletion"}
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be 'insertion' and/or 'deletion', got {list(kinds)}")
+    for x, sal in zip(xs, saliencies):
+        _check(x, sal, n_steps, batch_size)
+        if x.shape != xs[0].shape:
+            raise ValueError(f"images batched together must have one size, got {tuple(x.shape)} and "
+                             f"{tuple(xs[0].shape)}")
+    device = next((p.device for p in clf.net.parameters()), xs[0].device)
+    images = torch.cat([x.to(device) for x in xs])
+    blurred = blur_baseline(images)
+    h, w = images.shape[-2:]
+    ranks = torch.stack([saliency_rank(s.to(device).float(), ties).reshape(1, h, w) for s in saliencies])
     per_step = math.ceil(h * w / n_steps)
-    steps = torch.arange(0 if rise else 1, n_steps + 1, device=device)
-    scores = []
+    first = 0 if rise else 1
+    n_points = n_steps + 1 - first
+    jobs = torch.tensor([(i, k == "insertion", t) for i in range(len(xs)) for k in kinds
+                         for t in range(first, n_steps + 1)], device=device)
+    classes = torch.as_tensor([int(c) for c in class_idxs], device=device)
+    scores = torch.empty(len(jobs), device=device)
     with inference_state(clf.net):
-        for s in range(0, len(steps), batch_size):
-            shown = rank < (steps[s:s + batch_size] * per_step).reshape(-1, 1, 1, 1)
-            samples = torch.where(shown, end, start)
-            scores.append(probabilities(clf.net(samples))[:, class_idx])
+        for s in range(0, len(jobs), batch_size):
+            i, insert, t = jobs[s:s + batch_size].unbind(1)
+            shown = ranks[i] < (t * per_step).reshape(-1, 1, 1, 1)
+            keep = torch.where(insert.bool().reshape(-1, 1, 1, 1), images[i], blurred[i])
+            fill = torch.where(insert.bool().reshape(-1, 1, 1, 1), blurred[i], images[i])
+            probs = probabilities(clf.net(torch.where(shown, keep, fill)))
+            if s == 0 and (int(classes.max()) >= probs.shape[1] or int(classes.min()) < 0):
+                raise ValueError(f"class_idx must be in 0..{probs.shape[1] - 1}, got {list(class_idxs)}")
+            scores[s:s + batch_size] = probs[torch.arange(len(i), device=device), classes[i]]
             if progress is not None:
-                progress(min(s + batch_size, len(steps)), len(steps))
-    curve = torch.cat(scores).cpu().double().numpy()
-    auc = float(np.trapezoid(curve) / (len(curve) - 1)) if rise else float(curve.sum() / n_steps)
-    return auc, curve.astype(np.float32)
+                progress(min(s + batch_size, len(jobs)), len(jobs))
+    curves = scores.cpu().double().numpy().reshape(len(xs), len(kinds), n_points)
+    out = []
+    for per_image in curves:
+        result = {}
+        for kind, curve in zip(kinds, per_image):
+            auc = float(np.trapezoid(curve) / (len(curve) - 1)) if rise else float(curve.sum() / n_steps)
+            result[kind] = (auc, curve.astype(np.float32))
+        out.append(result)
+    return out
+
+
+def _curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx: int, n_steps: int,
+           *, insert: bool, batch_size: int, rise: bool, ties: str, progress: Progress | None
+           ) -> tuple[float, np.ndarray]:
+    if isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer)):
+        raise ValueError(f"class_idx must be an int, got {class_idx!r}")
+    kind = "insertion" if insert else "deletion"
+    return faithfulness_curves(model, [x], [saliency], [class_idx], n_steps, kinds=(kind,),
+                               batch_size=batch_size, rise=rise, ties=ties, progress=progress)[0][kind]
 
 
 def insertion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, class_idx: int, n_steps: int = 224,

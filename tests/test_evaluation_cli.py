@@ -68,7 +68,7 @@ def test_generate_and_evaluate_resume_where_they_stopped(images, tmp_path, monke
     assert _generate(images, out, "--methods", "pcam+-") == 0
     assert calls == [1] and part.is_file()
     assert _evaluate(images, out) == 0
-    monkeypatch.setattr(evaluation, "insertion", lambda *a, **k: pytest.fail("recomputed a finished image"))
+    monkeypatch.setattr(evaluation, "faithfulness_curves", lambda *a, **k: pytest.fail("recomputed a finished image"))
     assert _evaluate(images, out) == 0
 
 

@@ -37,7 +37,7 @@ def test_pixels_per_step_and_sample_content(n_steps):
     model, x = _setup()
     sal = torch.rand(12, 10)
     auc, curve = pe.insertion(model, x, sal, 1, n_steps=n_steps, batch_size=4)
-    samples = torch.cat(model.seen[1:])  # the first pass reads the class count
+    samples = torch.cat(model.seen)
     base = blur_baseline(x)
     p = math.ceil(120 / n_steps)
     rank = saliency_rank(sal).reshape(12, 10)
@@ -110,3 +110,20 @@ def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         pe.insertion(model, x, args["saliency"], args["class_idx"], n_steps=args["n_steps"],
                      batch_size=args["batch_size"])
+
+
+def test_batched_images_equal_one_at_a_time():
+    from polycam_explorer.metrics import faithfulness_curves
+
+    model, x = _setup()
+    g = torch.Generator().manual_seed(5)
+    xs = [x, torch.rand(1, 3, 12, 10, generator=g), torch.rand(1, 3, 12, 10, generator=g) * 2]
+    sals = [torch.rand(12, 10, generator=g) for _ in xs]
+    together = faithfulness_curves(model, xs, sals, [1, 1, 0], n_steps=20, batch_size=7)
+    for xi, si, ci, result in zip(xs, sals, [1, 1, 0], together):
+        ins = pe.insertion(model, xi, si, ci, n_steps=20, batch_size=4)
+        dele = pe.deletion(model, xi, si, ci, n_steps=20, batch_size=4)
+        assert result["insertion"][0] == pytest.approx(ins[0], abs=1e-6)
+        assert np.allclose(result["deletion"][1], dele[1], atol=1e-6)
+    with pytest.raises(ValueError, match="one size"):
+        faithfulness_curves(model, [x, torch.rand(1, 3, 10, 10)], [sals[0], torch.rand(10, 10)], [1, 1], 20)
