@@ -5,6 +5,7 @@ Every control change is served from the MapSet's cached P maps: no probing after
 from __future__ import annotations
 
 import functools
+import threading
 import html
 import traceback
 from dataclasses import replace
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import render
+from ..baselines import METHODS
 from ..mapset import MapSet
 from ..polycam import canonical_variant
 from . import frames
@@ -23,6 +25,7 @@ from .canvas import FrameCanvas
 from .export import export_maps, export_png
 from .faithfulness import FaithfulnessPanel
 
+BASELINES = tuple(METHODS)  # the libraries behind them are imported only when one is used
 VARIANT_OPTIONS = [("PCAM+", "+"), ("PCAM-", "-"), ("PCAM±", "+-")]
 VARIANT_NAMES = {v: n for n, v in VARIANT_OPTIONS}
 COMPARE_OPTIONS = [("single view", "none"), ("the three variants", "variants"),
@@ -100,6 +103,10 @@ class Explorer(W.VBox):
         self.cmap = W.Dropdown(description="colormap", options=list(render.COLORMAPS), value="turbo")
         self.opacity = W.FloatSlider(description="opacity", min=0.0, max=1.0, step=0.05, value=0.5)
         self.compare = W.Dropdown(description="compare", options=COMPARE_OPTIONS, value="none")
+        self.beside = W.Dropdown(description="beside", value="", options=[("no baseline", "")] + [
+            (name, name) for name in BASELINES], layout=W.Layout(display=None if model is not None else "none"))
+        self._baseline_maps: dict[tuple, torch.Tensor] = {}
+        self._baseline_jobs: set[tuple] = set()
         self.reset_zoom = W.Button(description="reset zoom", icon="search-minus", disabled=True)
         self.status = W.HTML()
         self.legend = W.HTML(layout=W.Layout(display="none"))
@@ -122,7 +129,7 @@ class Explorer(W.VBox):
         self.runner = None
 
         for control in (self.klass, self.variant, self.depth, self.lnorm, self.mode, self.other_class,
-                        self.cmap, self.opacity, self.compare):
+                        self.cmap, self.opacity, self.compare, self.beside):
             control.observe(self._on_control, names="value")
         self.image_picker.observe(self._on_image, names="value")
         self.search.observe(self._on_search, names="value")
@@ -135,7 +142,7 @@ class Explorer(W.VBox):
             W.HBox([self.variant, self.lnorm]),
             self.depth,
             W.HBox([self.mode, self.other_class, self.cmap, self.opacity, self.legend]),
-            W.HBox([self.compare, self.reset_zoom, self.upload]),
+            W.HBox([self.compare, self.beside, self.reset_zoom, self.upload]),
             W.HBox([self.progress, self.progress_label, self.stop_button]),
         ])
         recursion = W.VBox([W.HTML("<b>Recursion strip</b> (depth 1 = coarsest; click a map to select "
@@ -171,12 +178,16 @@ class Explorer(W.VBox):
                             self.other_class.value)
 
     def panels(self) -> list[frames.Panel]:
-        """The panels on screen: the main one, or one per pin of the comparison."""
+        """The panels on screen: the main one, or one per pin of the comparison, and the baseline
+        chosen in *beside* (if any) last."""
         base = self.main_panel()
-        if not self.pins:
+        pins = list(self.pins or [{}])
+        if self.beside.value:
+            pins = pins[:3] + [{"method": self.beside.value}]
+        if pins == [{}]:
             return [base]
         out = []
-        for pin in self.pins:
+        for pin in pins:
             panel = replace(base, **pin)
             out.append(replace(panel, depth=min(panel.depth, max(1, self.ms.depth_available))))
         return out
@@ -186,7 +197,7 @@ class Explorer(W.VBox):
         ``lnorm``; the rest follow the controls. ``pin()`` goes back to a single view."""
         if overrides and not 2 <= len(overrides) <= 4:
             raise ValueError(f"compare takes 2 to 4 panels, got {len(overrides)}")
-        allowed = {"class_idx", "variant", "depth", "lnorm", "other_class"}
+        allowed = {"class_idx", "variant", "depth", "lnorm", "other_class", "method"}
         pins = []
         for o in overrides:
             unknown = set(o) - allowed
@@ -201,6 +212,8 @@ class Explorer(W.VBox):
         """A pinned panel with ``"±"`` read as ``"+-"``; bad values raise ValueError naming the field."""
         if "variant" in pin:
             pin["variant"] = canonical_variant(pin["variant"])
+        if pin.get("method") is not None and pin["method"] not in BASELINES:
+            raise ValueError(f"method must be None (Poly-CAM) or one of {list(BASELINES)}, got {pin['method']!r}")
         if "lnorm" in pin:
             pin["lnorm"] = bool(pin["lnorm"])
         limits = {"class_idx": (0, self.ms.num_classes - 1), "other_class": (0, self.ms.num_classes - 1),
@@ -424,6 +437,11 @@ class Explorer(W.VBox):
 
     def caption(self, panel: frames.Panel) -> str:
         ms = self.ms
+        if panel.method is not None:
+            key = (ms, panel.class_idx, panel.method)
+            state = "" if key in self._baseline_maps else " · <i>computing…</i>"
+            return (f"{html.escape(panel.method)} · {html.escape(ms.class_names[panel.class_idx])} "
+                    f"({float(ms.probs[panel.class_idx]):.3f}){state}")
         name = VARIANT_NAMES[panel.variant]
         layer = ms.layers[len(ms.layers) - panel.depth]
         text = (f"{name} · {html.escape(ms.class_names[panel.class_idx])} ({float(ms.probs[panel.class_idx]):.3f})"
@@ -448,7 +466,8 @@ class Explorer(W.VBox):
         self._ensure_canvases(len(panels))
         look, image = self.look, self._image()
         for canvas, caption, panel in zip(self.canvases, self.captions, panels):
-            pixels = frames.frame(ms, panel, look, image)
+            values = self._baseline_values(panel) if panel.method is not None else None
+            pixels = frames.frame(ms, panel, look, image, values)
             canvas.draw(frames.zoom_and_fit(pixels, look.zoom, canvas.size))
             caption.value = f"<span style='font-size:90%'>{self.caption(panel)}</span>"
         # a successful draw replaces any earlier message (an error the user has moved past included)
@@ -457,6 +476,32 @@ class Explorer(W.VBox):
         self._render_strip(panels[0])
         self._render_teaching(panels[0])
         self.curves.show_cached(panels[0])
+
+    def _baseline_values(self, panel: frames.Panel) -> Optional[torch.Tensor]:
+        """A baseline's map of the panel's class in [0, 1] (``u`` of the method's map, as shown for
+        Poly-CAM); computed once in a background thread (None until then), then cached."""
+        ms = self.ms
+        key = (ms, panel.class_idx, panel.method)
+        if key in self._baseline_maps:
+            return self._baseline_maps[key]
+        if key not in self._baseline_jobs and self.model is not None:
+            self._baseline_jobs.add(key)
+            threading.Thread(target=self._compute_baseline, args=(key,), daemon=True).start()
+        return None
+
+    def _compute_baseline(self, key: tuple) -> None:
+        from .. import baselines
+        from ..polycam import display_map
+
+        ms, class_idx, method = key
+        try:
+            raw = baselines.saliency(method, self.model, ms.image, class_idx)
+            self._baseline_maps[key] = display_map(raw.detach().float().to(ms.device), ms.size)
+            self.render()
+        except Exception as exc:  # noqa: BLE001 - shown in the widget
+            self.show_error(exc)
+        finally:
+            self._baseline_jobs.discard(key)
 
     def _render_strip(self, panel: frames.Panel) -> None:
         """Thumbnails of every depth (built once per class, variant, LNorm and colormap); the

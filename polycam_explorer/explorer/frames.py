@@ -21,14 +21,16 @@ Box = tuple[int, int, int, int]  # (top, left, bottom, right) in image pixels, b
 
 @dataclass(frozen=True)
 class Panel:
-    """What one panel maps: a class, a variant, a depth (1..L), LNorm on/off, and for the
-    contrast view a second class."""
+    """What one panel maps: a class, a variant, a depth (1..L), LNorm on/off, for the contrast
+    view a second class, and ``method``: None for Poly-CAM, else a baseline's name (its map is
+    computed outside and passed to :func:`frame` as ``values``)."""
 
     class_idx: int
     variant: str = "+-"
     depth: int = 1
     lnorm: bool = True
     other_class: Optional[int] = None
+    method: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,19 @@ def diverging(values: np.ndarray) -> np.ndarray:
     return render.colormap("coolwarm")[np.clip((values + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)]
 
 
-def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None) -> np.ndarray:
-    """The ``H x W x 3`` uint8 pixels of one panel (before zoom and display scaling)."""
+def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
+          values: torch.Tensor | None = None) -> np.ndarray:
+    """The ``H x W x 3`` uint8 pixels of one panel (before zoom and display scaling).
+
+    A baseline panel (``panel.method``) shows ``values`` (its map in [0, 1]; the image alone while
+    they are None) in the overlay, heatmap or masked view; the two Poly-CAM-only views fall back
+    to the overlay."""
     picture = image if image is not None else render.image_uint8(ms.image, ms.mean, ms.std)
     mode = look.mode
+    if panel.method is not None:
+        if values is None:
+            return picture
+        mode = mode if mode in ("heatmap", "masked", "original") else "overlay"
     if mode == "original":
         return picture
     if mode == "contrast":
@@ -106,7 +117,7 @@ def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None)
         plus = ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm).cpu().numpy()
         minus = ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm).cpu().numpy()
         return _blend(picture, insertion_deletion_colors(plus, minus), look.opacity)
-    values = panel_map(ms, panel)
+    values = panel_map(ms, panel) if values is None else values
     if mode == "heatmap":
         return render.heatmap(values, look.cmap)
     if mode == "masked":
