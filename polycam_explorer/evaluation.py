@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import cache
 from .files import atomic_write
 from .mapset import compute_mapset
 from .metrics import faithfulness_curves
@@ -120,8 +121,9 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
              all_depths: bool = False, save_mapsets: bool = False, progress: bool = True) -> list[Path]:
     """Saliency maps of every image for every method, explaining the model's predicted class.
 
-    The three PCAM variants (and every depth) come from one sweep per image. Returns the npz
-    files written (on rank 0; other ranks return an empty list).
+    The three PCAM variants (and every depth) come from one sweep per image (or from the map set
+    in the disk cache, :mod:`polycam_explorer.cache`, when the explorer already made it). Returns
+    the npz files written (on rank 0; other ranks return an empty list).
     """
     dist = distributed()
     out = Path(out)
@@ -139,8 +141,9 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
             x = load_image(Path(images) / name, model, size=size)
             with torch.no_grad():
                 class_idx = int(probabilities(model.net(x.to(_device(model)))).argmax())
-            if pcam:
-                ms = compute_mapset(model, x, batch_size=batch_size, progress=False)
+            if pcam:  # a map set already in the explorer's disk cache is reused
+                ms = cache.cached(model, None, x, device=_device(model)) or compute_mapset(
+                    model, x, batch_size=batch_size, progress=False)
                 for m in pcam:
                     variant = VARIANT_OF[m]
                     _write_npy(_part(out, f"{label}_{m}", name, ".npy"),
