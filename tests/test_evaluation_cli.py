@@ -14,6 +14,12 @@ from polycam_explorer import cli, evaluation
 ARGS = ["--size", "48", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    """generate reads the explorer's disk cache: keep the user's out of these tests."""
+    monkeypatch.setenv("POLYCAM_EXPLORER_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def images(tmp_path, sample):
     folder = tmp_path / "images"
