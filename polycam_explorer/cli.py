@@ -96,6 +96,7 @@ def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None 
 def serve(images: Sequence[str], *, model_name: str | None = None, weights: str | None = None,
           port: int = 8866, open_browser: bool = True) -> int:
     """Open the explorer app in Voila (blocks until Voila stops)."""
+    import signal
     import subprocess
     import tempfile
 
@@ -105,7 +106,24 @@ def serve(images: Sequence[str], *, model_name: str | None = None, weights: str 
         if not open_browser:
             command.append("--no-browser")
         print(f"polycam-explorer: serving the explorer at http://127.0.0.1:{port}/ (Ctrl-C stops it)")
-        return subprocess.call(command)
+        voila = subprocess.Popen(command)
+        # a SIGTERM to this process stops Voila (and its kernels) too, as Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return voila.wait()
+        except KeyboardInterrupt:
+            voila.terminate()
+            try:
+                return voila.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                voila.kill()
+                return voila.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,8 +55,10 @@ def app_url(tmp_path_factory):
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
         log.close()
+    with pytest.raises(OSError):  # stopping the command stopped Voila too: nothing left serving
+        urllib.request.urlopen(url, timeout=2)
 
 
 def _changed(page, before, what: str):

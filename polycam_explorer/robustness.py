@@ -1,0 +1,340 @@
+"""Robustness and sanity checks of saliency maps (ALGORITHM.md, "Faithfulness metrics").
+
+- :func:`sensitivity_max` (Yeh et al. 2019): how much a map changes when the input is perturbed
+  inside a small L-infinity ball; Captum's ``captum.metrics.sensitivity_max`` with the paper's
+  settings (10 perturbations, radius 0.02, Captum's uniform ``default_perturb_func``).
+- :func:`cascading_randomization` (Adebayo et al. 2018; the paper's Appendix, Figure 26): the
+  model's layers are re-initialised from the output side to the input side, cumulatively, on a
+  deep copy; a faithful map must change as they are. :func:`randomization_strip` draws the steps.
+
+Captum, SciPy and scikit-image are imported on first use (``pip install polycam-explorer[eval]``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .layers import _blocks, _model_device, hooks, inference_state
+from .models import as_classifier
+
+EVAL_HINT = "pip install polycam-explorer[eval]"
+GRANULARITIES = ("layers", "blocks", "stages")
+Progress = Callable[[int, int], None]
+
+
+def _require(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{what} needs {module.split('.')[0]}: {EVAL_HINT}") from exc
+
+
+# ----- sensitivity-max -----------------------------------------------------------------------
+def sensitivity_max(explain: Callable[..., torch.Tensor], x: torch.Tensor, class_idx: int | None = None,
+                    *, n_perturb: int = 10, radius: float = 0.02, seed: int | None = None) -> float:
+    """Sensitivity-max of a saliency function at ``x`` (Yeh et al. 2019), via Captum.
+
+    ``max_j ||explain(x + d_j) - explain(x)||_F / ||explain(x)||_F`` over ``n_perturb`` noises
+    ``d_j`` drawn uniformly from the L-infinity ball of ``radius`` (Captum's
+    ``default_perturb_func``, called as ``captum.metrics.sensitivity_max(...,
+    perturb_radius=radius, n_perturb_samples=n_perturb)``). A zero map gives 0 sensitivity
+    (Captum divides by 1 then).
+
+    Args:
+        explain: any saliency function ``explain(x) -> map`` (``explain(x, class_idx)`` when
+            ``class_idx`` is given) for one ``1 x C x H x W`` image, the map typically ``H x W``.
+            It is called once per image, under ``torch.enable_grad()``
+            (Captum itself runs under ``no_grad``), so gradient methods work. For Poly-CAM, each
+            perturbed input needs its own probe sweep, e.g.
+            ``lambda x: pe.compute_mapset(model, x, layers, progress=False).saliency(c, "+-")``
+            (``n_perturb + 1`` sweeps in all).
+        x: the normalised image, ``1 x C x H x W``.
+        class_idx: ``None``: ``explain`` fixes the class itself; an int is passed on to it.
+        n_perturb: perturbations (the paper: 10).
+        radius: L-infinity radius in the normalised input space (the paper: 0.02).
+        seed: seed for the perturbations (the global RNG is restored after the call); ``None``
+            draws from the global RNG as Captum does.
+
+    Raises:
+        ValueError: bad ``x``, ``n_perturb`` or ``radius``; ImportError without Captum.
+    """
+    metrics = _require("captum.metrics", "sensitivity_max")
+    _check_image(x)
+    if isinstance(n_perturb, bool) or not isinstance(n_perturb, int) or n_perturb < 1:
+        raise ValueError(f"n_perturb must be a positive int, got {n_perturb!r}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+
+    def batched(inputs):
+        batch = inputs[0] if isinstance(inputs, tuple) else inputs
+        maps = []
+        with torch.enable_grad():
+            for i in range(batch.shape[0]):
+                out = explain(batch[i:i + 1]) if class_idx is None else explain(batch[i:i + 1], class_idx)
+                out = torch.as_tensor(out) if not isinstance(out, torch.Tensor) else out
+                maps.append(out.detach().float().to(batch.device))
+        return (torch.stack(maps),)  # Captum needs a tuple back when it passes one in
+
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        value = metrics.sensitivity_max(batched, x.detach(), perturb_radius=float(radius),
+                                        n_perturb_samples=n_perturb)
+    return float(value.reshape(-1)[0])
+
+
+# ----- cascading randomisation ---------------------------------------------------------------
+@dataclass(frozen=True)
+class RandomizationStep:
+    """One step of the cascade: ``name`` (the group just re-initialised, with every group after
+    it in the forward pass), its parameterised ``modules``, the ``map`` on the randomised copy and
+    its Spearman rank correlation and SSIM to ``original`` (the map of the intact model)."""
+
+    name: str
+    modules: tuple[str, ...]
+    map: np.ndarray
+    spearman: float
+    ssim: float
+    original: np.ndarray
+
+
+def parameter_groups(model: nn.Module, x: torch.Tensor, granularity: str = "blocks") -> list[str]:
+    """Module names that :func:`cascading_randomization` re-initialises, in forward order.
+
+    - ``"layers"``: every module that owns parameters itself (conv, linear, norm, ...).
+    - ``"blocks"``: the discovery's blocks (``nn.Sequential`` opened, any other module with
+      children is one block: a ResNet bottleneck, an EfficientNet block), those with parameters.
+    - ``"stages"``: the model's top-level children with parameters (``layer1`` .. ``layer4``).
+
+    A module owning parameters outside every group becomes a group of its own; groups that never
+    run in a forward pass on ``x`` are dropped (re-initialising them would change nothing).
+
+    Raises:
+        ValueError: unknown ``granularity``, or a model without parameters.
+    """
+    net = as_classifier(model).net
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    named = dict(net.named_modules())
+    owners = [n for n, m in named.items() if _owns_parameters(m)]
+    if granularity == "layers":
+        groups = owners
+    else:
+        tops = _blocks(net) if granularity == "blocks" else [n for n, _ in net.named_children()]
+        groups = [n for n in tops if any(True for _ in named[n].parameters())]
+        groups += [n for n in owners if not any(_inside(n, g) for g in groups)]
+    if not groups:
+        raise ValueError(f"{type(net).__name__} has no parameters to randomise")
+
+    return _forward_order(net, x, groups)
+
+
+def _forward_order(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """``names`` sorted by when each module first finishes in a forward pass; those never run dropped."""
+    done: dict[str, int] = {}
+
+    def record(name: str):
+        def fn(*_):
+            done.setdefault(name, len(done))
+        return fn
+
+    with inference_state(net), hooks(net, names, record):
+        net(x.to(_model_device(net)))
+    return sorted((n for n in names if n in done), key=done.__getitem__)
+
+
+def cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
+                            explain: Callable[[nn.Module, torch.Tensor, int], torch.Tensor], *,
+                            granularity: str = "blocks", groups: Sequence[str] | None = None, seed: int = 0,
+                            progress: Progress | None = None) -> list[RandomizationStep]:
+    """Cascading randomisation (Adebayo et al. 2018), from the output side to the input side.
+
+    A deep copy of ``model`` is made (the user's model is never modified). The groups of
+    :func:`parameter_groups` are re-initialised one after the other, last in the forward pass
+    first and cumulatively, each of their parameterised modules by its own
+    ``reset_parameters()`` (``_reset_parameters()`` where only that exists; a module with
+    neither has each parameter redrawn from a normal with that parameter's mean and std), under
+    ``torch.manual_seed(seed + step)`` inside ``torch.random.fork_rng`` (the caller's RNG is
+    untouched). After each group, ``explain(copy, x, class_idx)`` gives the map, compared to the
+    intact model's map by Spearman's rank correlation (``scipy.stats.spearmanr``; NaN when either
+    map is constant) and SSIM (``skimage.metrics.structural_similarity``, ``data_range=1``, on
+    maps min-max normalised to [0, 1]).
+
+    Args:
+        model: a :class:`Classifier` or plain ``nn.Module``; ``explain`` receives a copy of it.
+        x: the normalised image, ``1 x C x H x W``.
+        class_idx: the class explained (passed on to ``explain``).
+        explain: ``explain(model, x, class_idx) -> H x W`` map (tensor or array). For Poly-CAM:
+            ``lambda m, x, c: pe.compute_mapset(m, x, layers, progress=False).saliency(c, "+-")``.
+        granularity: ``"blocks"`` (default), ``"layers"`` or ``"stages"``; see :func:`parameter_groups`.
+        groups: explicit module names instead (any order; put in forward order here).
+        seed: seeds the re-initialisation (and anything random in ``explain``): same seed, same steps.
+        progress: ``progress(done, total)`` after each map.
+
+    Returns:
+        One :class:`RandomizationStep` per group, output side first; the last has every group randomised.
+
+    Raises:
+        ValueError: bad ``granularity``, unknown ``groups``, or maps of differing shapes.
+        ImportError: without SciPy / scikit-image.
+    """
+    stats = _require("scipy.stats", "cascading_randomization")
+    skm = _require("skimage.metrics", "cascading_randomization")
+    _check_image(x)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    work = copy.deepcopy(model)
+    net = as_classifier(work).net
+    if groups is None:
+        order = parameter_groups(net, x, granularity)
+    else:
+        named = dict(net.named_modules())
+        if isinstance(groups, str) or not groups or any(g not in named or g == "" for g in groups):
+            raise ValueError(f"groups must be a non-empty list of the model's module names, got {groups!r}")
+        order = _forward_order(net, x, list(dict.fromkeys(groups)))
+    device = _model_device(net)
+    total = len(order) + 1
+    steps: list[RandomizationStep] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        original = _as_map(explain(work, x, class_idx))
+        if progress is not None:
+            progress(1, total)
+        for index, name in enumerate(reversed(order)):
+            torch.manual_seed(seed + index + 1)
+            modules = _reinitialise(net.get_submodule(name), name)
+            current = _as_map(explain(work, x, class_idx))
+            if current.shape != original.shape:
+                raise ValueError(f"explain returned a {current.shape} map after randomising {name!r}, "
+                                 f"but {original.shape} for the intact model")
+            steps.append(RandomizationStep(name, modules, current, _spearman(stats, original, current),
+                                           _ssim(skm, original, current), original))
+            if progress is not None:
+                progress(index + 2, total)
+    return steps
+
+
+def randomization_strip(steps: Sequence[RandomizationStep], image_uint8: np.ndarray, *, cmap: str = "turbo",
+                        alpha: float = 0.5, tile: int = 112) -> np.ndarray:
+    """Figure 26 as one ``H x W x 3`` uint8 strip: the intact model's map, then each step.
+
+    Each tile is the map over the image (:func:`render.overlay`), ``tile`` pixels high, with a
+    caption: the group randomised last, then ``rho`` (Spearman) and SSIM to the intact map.
+    Tiles are ``tile`` high and ``round(tile * W / H)`` wide plus a 26-pixel caption band, laid out by
+    :func:`render.grid` with its 4-pixel padding.
+    """
+    from PIL import Image, ImageDraw
+
+    from . import render
+
+    if not steps:
+        raise ValueError("steps must hold at least one RandomizationStep")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 8:
+        raise ValueError(f"tile must be an int >= 8, got {tile!r}")
+    image = np.asarray(image_uint8)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image_uint8 must be an H x W x 3 uint8 array, got {image.shape} {image.dtype}")
+    if image.shape[:2] != steps[0].original.shape:
+        raise ValueError(f"image_uint8 is {image.shape[:2]} but the maps are {steps[0].original.shape}")
+    width = max(1, round(tile * image.shape[1] / image.shape[0]))
+    tiles = []
+    captions = [("original", "")] + [(s.name, f"rho {_fmt(s.spearman)}  ssim {_fmt(s.ssim)}") for s in steps]
+    for (title, scores), values in zip(captions, [steps[0].original] + [s.map for s in steps]):
+        pixels = render.overlay(image, _unit(values), cmap=cmap, alpha=alpha)
+        pixels = Image.fromarray(pixels).resize((width, tile), Image.BILINEAR)
+        canvas = Image.new("RGB", (width, tile + 26), "white")
+        canvas.paste(pixels, (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((2, tile + 1), _fit(draw, title, width), fill="black")
+        draw.text((2, tile + 13), _fit(draw, scores, width), fill="black")
+        tiles.append(np.asarray(canvas))
+    return render.grid([tiles])
+
+
+# ----- helpers -------------------------------------------------------------------------------
+def _check_image(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[0] != 1 or not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor of shape 1 x C x H x W, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _inside(name: str, group: str) -> bool:
+    return group == "" or name == group or name.startswith(group + ".")
+
+
+@torch.no_grad()
+def _reinitialise(group: nn.Module, prefix: str) -> tuple[str, ...]:
+    names = []
+    for name, module in group.named_modules():
+        if not _owns_parameters(module):
+            continue
+        names.append(f"{prefix}.{name}".strip(".") if name else prefix)
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if callable(reset):
+            reset()
+            continue
+        for p in module.parameters(recurse=False):
+            std = float(p.float().std()) if p.numel() > 1 else 0.0
+            p.copy_(torch.randn_like(p) * std + p.float().mean().to(p.dtype))
+    return tuple(names)
+
+
+def _as_map(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        values = np.squeeze(values)
+    if values.ndim != 2:
+        raise ValueError(f"explain must return an H x W map, got shape {values.shape}")
+    return values
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+
+
+def _spearman(stats, a: np.ndarray, b: np.ndarray) -> float:
+    if a.min() == a.max() or b.min() == b.max():
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(a.reshape(-1), b.reshape(-1)).statistic)
+
+
+def _ssim(skm, a: np.ndarray, b: np.ndarray) -> float:
+    side = min(a.shape)
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        raise ValueError(f"maps of {a.shape} are too small for SSIM (at least 3 x 3)")
+    return float(skm.structural_similarity(_unit(a), _unit(b), data_range=1.0, win_size=win))
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def _fit(draw, text: str, width: int) -> str:
+    """``text``, cut short with ``..`` where it would overflow the tile."""
+    if draw.textlength(text) <= width - 4:
+        return text
+    while text and draw.textlength(text + "..") > width - 4:
+        text = text[:-1]
+    return text + ".."
