@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_layers, describe_layers, inference_state
+from .layers import check_layers, describe_layers, inference_state, module_device
 from .models import Classifier, as_classifier, probabilities
 
 _EXTRA = "pip install polycam-explorer[eval]"
@@ -65,7 +65,7 @@ def _optional_batch(value: object) -> int | None:
 def _prepare(model: nn.Module, x: torch.Tensor, class_idx: int) -> tuple[nn.Module, torch.Tensor, int]:
     """The network, a detached copy of ``x`` on its device, and ``class_idx`` checked against its outputs."""
     net = as_classifier(model).net
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    device = module_device(net)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be one normalised float image of shape 1 x C x H x W, got {shape}")

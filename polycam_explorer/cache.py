@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .layers import module_device
 from .mapset import MapSet
 from .models import model_fingerprint
 
@@ -66,8 +67,7 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
     x = load_image(image, model, size=size)
     ms = cached(model, layers, x, cache_dir, device)
     if ms is None:
-        run_device = torch.device(device) if device is not None else next(
-            (p.device for p in model.parameters()), torch.device("cpu"))
+        run_device = torch.device(device) if device is not None else module_device(model)
         ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
                             device=device, progress=progress)
         store(ms, model, layers, x, cache_dir)

@@ -12,6 +12,7 @@ import torch
 from . import render
 from .cache import default_batch_size
 from .files import atomic_write
+from .layers import module_device
 from .mapset import MapSet, compute_mapset
 from .models import load_image, load_model
 
@@ -39,7 +40,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid."""
     model = load_model(model_name, weights)
     x = load_image(image, model, size=size)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = module_device(model)
     ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress)
     c = _class_index(ms, class_spec)
     out_dir = Path(out)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import cache
 from .files import atomic_write
+from .layers import module_device
 from .mapset import compute_mapset
 from .metrics import faithfulness_curves
 from .models import Classifier, load_image, model_fingerprint, probabilities
@@ -140,9 +141,9 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
                 continue
             x = load_image(Path(images) / name, model, size=size)
             with torch.no_grad():
-                class_idx = int(probabilities(model.net(x.to(_device(model)))).argmax())
+                class_idx = int(probabilities(model.net(x.to(module_device(model)))).argmax())
             if pcam:  # a map set already in the explorer's disk cache is reused
-                ms = cache.cached(model, None, x, device=_device(model)) or compute_mapset(
+                ms = cache.cached(model, None, x, device=module_device(model)) or compute_mapset(
                     model, x, batch_size=batch_size, progress=False)
                 for m in pcam:
                     variant = VARIANT_OF[m]
@@ -159,7 +160,7 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
                     continue
                 from .baselines import saliency as baseline_saliency
 
-                sal = baseline_saliency(m, model, x.to(_device(model)), class_idx)
+                sal = baseline_saliency(m, model, x.to(module_device(model)), class_idx)
                 _write_npy(_part(out, f"{label}_{m}", name, ".npy"), sal.detach().float().cpu().numpy())
             bar.update(1)
     dist.barrier()
@@ -181,10 +182,6 @@ def _depth_files(out: Path, label: str, pcam: Sequence[str]) -> int:
     while (out / ".parts" / f"{label}_{pcam[0]}{d}").is_dir():
         d += 1
     return d
-
-
-def _device(model: Classifier) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _merge_maps(out: Path, stem: str, names: Sequence[str], meta: dict) -> Path:
@@ -248,7 +245,7 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
             group = mine[first:first + images_per_batch]
             todo = {stem: [n for n in group if not _part(out, stem, n, ".json").is_file()] for stem, _ in loaded}
             needed = list(dict.fromkeys(n for names_todo in todo.values() for n in names_todo))
-            xs = {n: load_image(Path(images) / n, model, size=size).to(_device(model)) for n in needed}
+            xs = {n: load_image(Path(images) / n, model, size=size).to(module_device(model)) for n in needed}
             with torch.no_grad():
                 classes = {n: int(probabilities(model.net(x)).argmax()) for n, x in xs.items()}
             for stem, maps in loaded:

@@ -93,8 +93,9 @@ def input_channels(model: nn.Module) -> int:
     return 3
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module's parameters live (the CPU for a module without parameters)."""
+    for p in module.parameters():
         return p.device
     return torch.device("cpu")
 
@@ -123,7 +124,7 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) ->
             order.append(name)
         return fn
 
-    x = torch.rand(1, input_channels(model), h_in, w_in, device=_model_device(model))
+    x = torch.rand(1, input_channels(model), h_in, w_in, device=module_device(model))
     every = [n for n in named if n]
     with inference_state(model), hooks(model, every, record):
         model(x)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import polycam
-from .layers import capture_activations, check_layers, describe_layers, inference_state
+from .layers import capture_activations, check_layers, describe_layers, inference_state, module_device
 from .models import as_classifier, model_fingerprint, probabilities
 from .probes import LayerScores, sweep
 
@@ -214,10 +214,10 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     net = clf.net
-    model_device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    model_device = module_device(net)
     if device is not None and torch.device(device) != model_device:
         net = copy.deepcopy(net).to(device)  # the user's model stays where it is
-    run_device = next((p.device for p in net.parameters()), torch.device(device or "cpu"))
+    run_device = torch.device(device) if device is not None else model_device
     x = x.to(run_device)
     with inference_state(net):
         layers = check_layers(net, layers) if layers is not None else [

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import _blocks, _model_device, hooks, inference_state
+from .layers import _blocks, module_device, hooks, inference_state
 from .models import as_classifier
 
 EVAL_HINT = "pip install polycam-explorer[eval]"
@@ -149,7 +149,7 @@ def _forward_order(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> lis
         return fn
 
     with inference_state(net), hooks(net, names, record):
-        net(x.to(_model_device(net)))
+        net(x.to(module_device(net)))
     return sorted((n for n in names if n in done), key=done.__getitem__)
 
 
@@ -202,7 +202,7 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
         if isinstance(groups, str) or not groups or any(g not in named or g == "" for g in groups):
             raise ValueError(f"groups must be a non-empty list of the model's module names, got {groups!r}")
         order = _forward_order(net, x, list(dict.fromkeys(groups)))
-    device = _model_device(net)
+    device = module_device(net)
     total = len(order) + 1
     steps: list[RandomizationStep] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .. import cache
+from ..layers import module_device
 from ..mapset import iter_mapset
 from ..models import ImageLike, as_classifier, load_image, load_model
 from .app import Explorer
@@ -43,8 +44,7 @@ class SweepRunner:
                  device, size, cache_dir) -> None:
         self.explorer, self.model = explorer, as_classifier(model)
         self.layers, self.device, self.size, self.cache_dir = layers, device, size, cache_dir
-        run_device = torch.device(device) if device is not None else next(
-            (p.device for p in self.model.parameters()), torch.device("cpu"))
+        run_device = torch.device(device) if device is not None else module_device(self.model)
         self.batch_size = batch_size or cache.default_batch_size(run_device)
         self.queue: "queue.Queue[tuple[str, ImageLike, bool]]" = queue.Queue()
         self.stop = threading.Event()
