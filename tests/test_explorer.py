@@ -563,8 +563,7 @@ def test_faithfulness_second_look_is_cached(with_model, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a cached curve")
 
-    monkeypatch.setattr(faithfulness, "insertion", fail)
-    monkeypatch.setattr(faithfulness, "deletion", fail)
+    monkeypatch.setattr(faithfulness, "faithfulness_curves", fail)
     ex.klass.value = 0  # another map: nothing cached, empty chart
     assert len(ex.curves.ins_line.y) == 0 and ex.curves.figure.title == ""
     ex.klass.value = TOP  # back: the cached curves are shown again
@@ -578,7 +577,7 @@ def test_faithfulness_error_is_shown_and_button_comes_back(with_model, monkeypat
     def fail(*args, **kwargs):
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(faithfulness, "insertion", fail)
+    monkeypatch.setattr(faithfulness, "faithfulness_curves", fail)
     with_model.curves.compute(block=True)
     assert errors(with_model) and "model exploded" in with_model.status.value
     assert not with_model.curves.button.disabled and with_model.curves.stop_button.disabled
@@ -589,13 +588,13 @@ def test_faithfulness_in_the_background_and_cancel(with_model, ms, tiny_model, m
     ex.curves.compute()  # in a thread: the controls stay usable
     ex.curves._thread.join(30)
     assert len(ex.curves.ins_line.y) == N_STEPS and not ex.curves.button.disabled
-    real = faithfulness.insertion
+    real = faithfulness.faithfulness_curves
 
     def cancelled_meanwhile(*args, **kwargs):
         ex.curves.cancel()  # as if the cancel button were clicked during the computation
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(faithfulness, "insertion", cancelled_meanwhile)
+    monkeypatch.setattr(faithfulness, "faithfulness_curves", cancelled_meanwhile)
     ex.klass.value = 0
     ex.curves.compute(block=True)
     assert "cancelled" in ex.curves.summary.value and not errors(ex)

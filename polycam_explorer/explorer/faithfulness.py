@@ -8,7 +8,7 @@ import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
-from ..metrics import deletion, insertion
+from ..metrics import faithfulness_curves
 from .frames import Panel
 
 if TYPE_CHECKING:
@@ -84,18 +84,15 @@ class FaithfulnessPanel:
         ms, key = self.explorer.ms, self.key(panel)
         try:
             saliency = ms.saliency(panel.class_idx, panel.variant, panel.depth, panel.lnorm)
-            def tick(offset: int):
-                def report(value: int, _total: int) -> None:
-                    if self._stop.is_set():
-                        raise _Stop
-                    self.progress.value = offset + value
-                return report
+            def report(done: int, _total: int) -> None:
+                if self._stop.is_set():
+                    raise _Stop
+                self.progress.value = done
 
-            common = dict(n_steps=self.n_steps, batch_size=self.batch_size)
-            ins_auc, ins = insertion(self.explorer.model, ms.image, saliency, panel.class_idx,
-                                     progress=tick(0), **common)
-            del_auc, dele = deletion(self.explorer.model, ms.image, saliency, panel.class_idx,
-                                     progress=tick(self.n_steps), **common)
+            # insertion and deletion samples share forward batches, one blur and one ranking
+            curves = faithfulness_curves(self.explorer.model, [ms.image], [saliency], [panel.class_idx],
+                                         self.n_steps, batch_size=self.batch_size, progress=report)[0]
+            (ins_auc, ins), (del_auc, dele) = curves["insertion"], curves["deletion"]
             h, w = ms.size
             per_step = -(-h * w // self.n_steps)
             x = np.minimum(np.arange(1, self.n_steps + 1) * per_step / (h * w), 1.0)

@@ -5,6 +5,7 @@ No widgets here, so every frame the explorer draws can be checked in plain tests
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -70,6 +71,7 @@ def legend_2d(size: int = 64) -> np.ndarray:
     return insertion_deletion_colors(ramp[None, :].repeat(size, 0), ramp[::-1, None].repeat(size, 1))
 
 
+@lru_cache(maxsize=None)
 def legend_html(mode: str) -> str:
     """A small legend for the two views with their own colour scales ('' for the others)."""
     import base64
