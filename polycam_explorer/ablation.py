@@ -21,7 +21,7 @@ from torch import nn
 
 from . import polycam
 from .mapset import MapSet, compute_mapset
-from .metrics import deletion, insertion
+from .metrics import faithfulness_curves
 
 VARIANT_NAMES = {"+": "PCAM+", "-": "PCAM-", "+-": "PCAM±"}
 METRICS = (("insertion", "Ins"), ("deletion", "Del"), ("ins_del", "Ins-Del"))
@@ -48,13 +48,13 @@ def ablation_rows(model: nn.Module, x: torch.Tensor, class_idx: int | None = Non
         n_steps, batch_size: as :func:`insertion` (224 steps for a 224 x 224 image).
         mapset: a complete :class:`MapSet` of ``x`` to reuse; ``None`` runs one sweep
             (:func:`compute_mapset` with ``layers`` and ``sweep_batch_size``).
-        progress: ``progress(done, total)`` after each map is scored.
+        progress: ``progress(done, total)`` after each forward batch of the metric samples.
 
     Returns:
         ``3 x (2 + L)`` dicts ``{'variant', 'map', 'insertion', 'deletion', 'ins_del'}``, variants
         in the order ``'+'``, ``'-'``, ``'+-'``; within one, ``'polycam'``, ``'no-lnorm'``, then
         ``'layer:<name>'`` input side first. Identical maps (such as ``u(CAM_L)`` and depth 1) are
-        scored once.
+        scored once; all maps share the forward batches (:func:`faithfulness_curves`).
 
     Raises:
         ValueError: an incomplete map set, or one made from another image.
@@ -70,18 +70,15 @@ def ablation_rows(model: nn.Module, x: torch.Tensor, class_idx: int | None = Non
         raise ValueError("mapset was computed for another image than x")
     c = mapset.topk(1)[0][0] if class_idx is None else mapset._class_index(class_idx)
     jobs = [(v, key, m) for v in polycam.VARIANTS for key, m in ablation_maps(mapset, c, v).items()]
-    scored: dict[str, tuple[float, float]] = {}
+    digests = [hashlib.sha1(m.detach().float().cpu().numpy().tobytes()).hexdigest() for _, _, m in jobs]
+    distinct = {d: m for d, (_, _, m) in zip(digests, jobs)}  # identical maps are scored once
+    curves = faithfulness_curves(model, [x] * len(distinct), list(distinct.values()), [c] * len(distinct),
+                                 n_steps, batch_size=batch_size, progress=progress)
+    aucs = {d: (r["insertion"][0], r["deletion"][0]) for d, r in zip(distinct, curves)}
     rows = []
-    for done, (variant, key, saliency) in enumerate(jobs, start=1):
-        digest = hashlib.sha1(saliency.detach().float().cpu().numpy().tobytes()).hexdigest()
-        if digest not in scored:
-            ins, _ = insertion(model, x, saliency, c, n_steps, batch_size=batch_size)
-            dele, _ = deletion(model, x, saliency, c, n_steps, batch_size=batch_size)
-            scored[digest] = (ins, dele)
-        ins, dele = scored[digest]
+    for (variant, key, _), digest in zip(jobs, digests):
+        ins, dele = aucs[digest]
         rows.append({"variant": variant, "map": key, "insertion": ins, "deletion": dele, "ins_del": ins - dele})
-        if progress is not None:
-            progress(done, len(jobs))
     return rows
 
 

@@ -35,16 +35,17 @@ def test_one_row_per_variant_and_map_with_aucs_in_range(rows):
 @pytest.mark.parametrize("variant", ["+", "-", "+-"])
 def test_rows_are_the_metrics_of_the_maps(tiny_model, tiny_x, ms, rows, variant):
     by_map = {r["map"]: r for r in rows if r["variant"] == variant}
+    same = lambda value: pytest.approx(value, abs=1e-6)  # same map, same protocol; other batch mates
     full = pe.insertion(tiny_model, tiny_x, ms.saliency(1, variant), 1, N_STEPS)[0]
-    assert by_map["polycam"]["insertion"] == full  # exactly: same map, same protocol
+    assert by_map["polycam"]["insertion"] == same(full)
     no_lnorm = pe.deletion(tiny_model, tiny_x, ms.saliency(1, variant, lnorm=False), 1, N_STEPS)[0]
-    assert by_map["no-lnorm"]["deletion"] == no_lnorm
+    assert by_map["no-lnorm"]["deletion"] == same(no_lnorm)
     # P_L = CAM_L: the isolated coarsest CAM is the depth-1 Poly-CAM map
     depth1 = ms.saliency(1, variant, depth=1)
-    assert by_map[f"layer:{TINY_LAYERS[-1]}"]["insertion"] == pe.insertion(tiny_model, tiny_x, depth1, 1, N_STEPS)[0]
-    assert by_map[f"layer:{TINY_LAYERS[-1]}"]["deletion"] == pe.deletion(tiny_model, tiny_x, depth1, 1, N_STEPS)[0]
+    assert by_map[f"layer:{TINY_LAYERS[-1]}"]["insertion"] == same(pe.insertion(tiny_model, tiny_x, depth1, 1, N_STEPS)[0])
+    assert by_map[f"layer:{TINY_LAYERS[-1]}"]["deletion"] == same(pe.deletion(tiny_model, tiny_x, depth1, 1, N_STEPS)[0])
     finest = polycam.display_map(ms.layer_cam(1, variant, TINY_LAYERS[0]), ms.size)
-    assert by_map[f"layer:{TINY_LAYERS[0]}"]["deletion"] == pe.deletion(tiny_model, tiny_x, finest, 1, N_STEPS)[0]
+    assert by_map[f"layer:{TINY_LAYERS[0]}"]["deletion"] == same(pe.deletion(tiny_model, tiny_x, finest, 1, N_STEPS)[0])
 
 
 def test_ablation_maps_differ_where_the_method_says_they_should(ms):
