@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 rows = evaluation.evaluate(model, args.images, _npz_files(args, model.name), args.out,
                                            list_file=args.list_file, size=size, n_steps=args.n_steps,
-                                           batch_size=args.batch_size or 32,
+                                           batch_size=batch,
                                            images_per_batch=args.images_per_batch, progress=not args.no_progress)
                 if rows is not None:
                     print((Path(args.out) / "summary.md").read_text())

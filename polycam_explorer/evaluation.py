@@ -140,11 +140,10 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
                 bar.update(1)
                 continue
             x = load_image(Path(images) / name, model, size=size)
-            with torch.no_grad():
-                class_idx = int(probabilities(model.net(x.to(module_device(model)))).argmax())
             if pcam:  # a map set already in the explorer's disk cache is reused
                 ms = cache.cached(model, None, x, device=module_device(model)) or compute_mapset(
                     model, x, batch_size=batch_size, progress=False)
+                class_idx = int(ms.probs.argmax())  # the sweep's s0: the predicted class
                 for m in pcam:
                     variant = VARIANT_OF[m]
                     _write_npy(_part(out, f"{label}_{m}", name, ".npy"),
@@ -155,6 +154,9 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
                                        ms.saliency(class_idx, variant, d).cpu().numpy().astype(np.float32))
                 if save_mapsets:
                     ms.save(out / "mapsets" / f"{name.replace('/', '__')}.mapset.npz", fp16=True)
+            else:
+                with torch.no_grad():
+                    class_idx = int(probabilities(model.net(x.to(module_device(model)))).argmax())
             for m in methods:
                 if m in VARIANT_OF:
                     continue
