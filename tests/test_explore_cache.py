@@ -106,7 +106,7 @@ def test_partial_mapset_shows_the_depths_probed_so_far(tiny_model, tiny_x, opene
     assert ex.depth.value == 3 and ex.main_panel().depth == 1  # clamped to what is probed
     assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 1, True)))
     assert "depth 1/3" in ex.captions[0].value
-    ex._strip_click(4 + 2 * 76 + 30, 30)  # depth 3 is not there yet: nothing happens
+    ex.recursion.click(4 + 2 * 76 + 30, 30)  # depth 3 is not there yet: nothing happens
     ex.depth.value = 2
     assert ex.main_panel().depth == 1 and not errors(ex)
     ex.compare.value = "depths"  # pinned depths are clamped too

@@ -263,7 +263,7 @@ def test_strip_click_selects_that_depth(explorer, ms, depth):
     left = STRIP_PAD + (depth - 1) * (STRIP_TILE + STRIP_PAD)
     for x in (left + 1, left + STRIP_TILE // 2, left + STRIP_TILE - 2):
         explorer.depth.value = start
-        explorer._strip_click(x, STRIP_TILE // 2)
+        explorer.recursion.click(x, STRIP_TILE // 2)
         assert explorer.depth.value == depth, f"click at x={x}"
     assert_shows(explorer.canvases[0], shown(ms, Panel(TOP, "-", depth, True)))
 
@@ -282,7 +282,7 @@ def test_strip_shows_a_thumbnail_per_depth_and_marks_the_current_one(explorer, m
         marked = tuple(strip[0, x + 5]) == (255, 140, 0)
         assert marked == (depth == 2)
     # a click beyond the last thumbnail changes nothing
-    explorer._strip_click(strip.shape[1] + 50, 10)
+    explorer.recursion.click(strip.shape[1] + 50, 10)
     assert explorer.depth.value == 2
 
 

@@ -34,7 +34,7 @@ def test_baseline_beside_polycam_for_the_same_class(tiny_model, tiny_x):
         # the first panel is still Poly-CAM, and a second view of the baseline is served from the cache
         assert ex.panels()[0].method is None
         calls = []
-        ex._compute_baseline = lambda key: calls.append(key)
+        ex.baseline_maps._compute = lambda *args: calls.append(args)
         ex.opacity.value = 0.8
         assert calls == [] and ex.canvases[1].pixels is not None
         ex.compare.value = "variants"  # three pinned panels and the baseline: four

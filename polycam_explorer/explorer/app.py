@@ -1,37 +1,33 @@
-"""The Explorer widget: controls, panels, recursion strip, teaching view, curves and export.
+"""The Explorer widget: controls, panels, hover and zoom; the tabs (recursion, faithfulness,
+export) and the baselines beside Poly-CAM live in their own modules.
 
 Every control change is served from the MapSet's cached P maps: no probing after the sweep.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import threading
 import html
 import traceback
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import ipywidgets as W
 import numpy as np
 import torch
 
 from .. import render
-from ..baselines import METHODS
 from ..mapset import MapSet
-from ..polycam import canonical_variant
 from . import frames
+from .baseline_maps import BaselineMaps
 from .canvas import FrameCanvas
-from .export import export_maps, export_png
+from .export import download_link, export_maps, export_png
 from .faithfulness import FaithfulnessPanel
+from .panels import (BASELINES, COMPARE_OPTIONS, VARIANT_OPTIONS, arrange, caption, checked_pins, depth_options,
+                     preset)
+from .recursion import RecursionView
 
-BASELINES = tuple(METHODS)  # the libraries behind them are imported only when one is used
-VARIANT_OPTIONS = [("PCAM+", "+"), ("PCAM-", "-"), ("PCAM±", "+-")]
-VARIANT_NAMES = {v: n for n, v in VARIANT_OPTIONS}
-COMPARE_OPTIONS = [("single view", "none"), ("the three variants", "variants"),
-                   ("top classes", "classes"), ("depths", "depths"), ("LNorm on / off", "lnorm")]
 MapSets = Union[MapSet, Sequence[MapSet], Mapping[str, MapSet], str, Path]
-STRIP_TILE, STRIP_PAD = 72, 4  # recursion strip: thumbnail size and the gap around each
 
 
 def _guarded(method: Callable) -> Callable:
@@ -86,8 +82,6 @@ class Explorer(W.VBox):
         self._pinned_preset: Optional[str] = None  # the compare preset the pins come from, if any
         self._images: dict[str, np.ndarray] = {}
         self._drawing = False
-        self._strip_cache: tuple = (None, None)  # (key, strip pixels without the depth frame)
-        self._teaching_key: tuple | None = None
 
         self.image_picker = W.Dropdown(description="image", options=list(self.mapsets))
         self.klass = W.Dropdown(description="class")
@@ -105,8 +99,7 @@ class Explorer(W.VBox):
         self.compare = W.Dropdown(description="compare", options=COMPARE_OPTIONS, value="none")
         self.beside = W.Dropdown(description="beside", value="", options=[("no baseline", "")] + [
             (name, name) for name in BASELINES], layout=W.Layout(display=None if model is not None else "none"))
-        self._baseline_maps: dict[tuple, torch.Tensor] = {}
-        self._baseline_jobs: set[tuple] = set()
+        self.baseline_maps = BaselineMaps(on_ready=self.render, on_error=self.show_error)
         self.reset_zoom = W.Button(description="reset zoom", icon="search-minus", disabled=True)
         self.status = W.HTML()
         self.legend = W.HTML(layout=W.Layout(display="none"))
@@ -114,9 +107,10 @@ class Explorer(W.VBox):
         self.panels_box = W.HBox()
         self.canvases: list[FrameCanvas] = []
         self.captions: list[W.HTML] = []
-        self.strip = FrameCanvas((STRIP_TILE, STRIP_TILE), on_click=self._strip_click)
-        self.teaching = FrameCanvas((150, 600))
-        self.teaching_caption = W.HTML()
+        self.recursion = RecursionView(on_depth=self._select_depth)
+        # the recursion tab's canvases and caption, under the names tests and notebooks use
+        self.strip, self.teaching = self.recursion.strip, self.recursion.teaching
+        self.teaching_caption = self.recursion.caption
         self.curves = FaithfulnessPanel(self)
         self.export_png_button = W.Button(description="export PNG", icon="image")
         self.export_npz_button = W.Button(description="export maps (npz)", icon="download")
@@ -145,11 +139,7 @@ class Explorer(W.VBox):
             W.HBox([self.compare, self.beside, self.reset_zoom, self.upload]),
             W.HBox([self.progress, self.progress_label, self.stop_button]),
         ])
-        recursion = W.VBox([W.HTML("<b>Recursion strip</b> (depth 1 = coarsest; click a map to select "
-                                   "its depth)"), self.strip.canvas,
-                            W.HTML("<b>One step of the recursion</b> (eq. 3 of the paper)"),
-                            self.teaching.canvas, self.teaching_caption])
-        extras = W.Tab(children=[recursion, self.curves.widget,
+        extras = W.Tab(children=[self.recursion.widget, self.curves.widget,
                                  W.VBox([W.HBox([self.export_png_button, self.export_npz_button]),
                                          self.export_link])])
         for i, title in enumerate(("Recursion", "Faithfulness", "Export")):
@@ -180,53 +170,14 @@ class Explorer(W.VBox):
     def panels(self) -> list[frames.Panel]:
         """The panels on screen: the main one, or one per pin of the comparison, and the baseline
         chosen in *beside* (if any) last."""
-        base = self.main_panel()
-        pins = list(self.pins or [{}])
-        if self.beside.value:
-            pins = pins[:3] + [{"method": self.beside.value}]
-        if pins == [{}]:
-            return [base]
-        out = []
-        for pin in pins:
-            panel = replace(base, **pin)
-            out.append(replace(panel, depth=min(panel.depth, max(1, self.ms.depth_available))))
-        return out
+        return arrange(self.main_panel(), self.pins, self.beside.value or None, self.ms.depth_available)
 
     def pin(self, *overrides: dict) -> None:
         """Compare two to four panels, each fixing some of ``class_idx``, ``variant``, ``depth``,
         ``lnorm``; the rest follow the controls. ``pin()`` goes back to a single view."""
-        if overrides and not 2 <= len(overrides) <= 4:
-            raise ValueError(f"compare takes 2 to 4 panels, got {len(overrides)}")
-        allowed = {"class_idx", "variant", "depth", "lnorm", "other_class", "method"}
-        pins = []
-        for o in overrides:
-            unknown = set(o) - allowed
-            if unknown:
-                raise ValueError(f"a panel may fix {sorted(allowed)}, not {sorted(unknown)}")
-            pins.append(self._checked_pin(dict(o)))
-        self.pins = pins
+        self.pins = checked_pins(overrides, self.ms if self.mapsets else None)
         self._pinned_preset = None
         self.render()
-
-    def _checked_pin(self, pin: dict) -> dict:
-        """A pinned panel with ``"±"`` read as ``"+-"``; bad values raise ValueError naming the field."""
-        if "variant" in pin:
-            pin["variant"] = canonical_variant(pin["variant"])
-        if pin.get("method") is not None and pin["method"] not in BASELINES:
-            raise ValueError(f"method must be None (Poly-CAM) or one of {list(BASELINES)}, got {pin['method']!r}")
-        if "lnorm" in pin:
-            pin["lnorm"] = bool(pin["lnorm"])
-        limits = {"class_idx": (0, self.ms.num_classes - 1), "other_class": (0, self.ms.num_classes - 1),
-                  "depth": (1, len(self.ms.layers))} if self.mapsets else {}
-        for key in ("class_idx", "other_class", "depth"):
-            if key not in pin:
-                continue
-            value = pin[key]
-            lo, hi = limits.get(key, (0 if key != "depth" else 1, value))
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-                raise ValueError(f"{key} must be an int in {lo}..{hi}, got {value!r}")
-            pin[key] = int(value)
-        return pin
 
     # ----- map sets arriving from a running sweep ---------------------------------------------
     def attach_runner(self, runner) -> None:
@@ -303,7 +254,7 @@ class Explorer(W.VBox):
     @_guarded
     def _on_control(self, change) -> None:
         if change["owner"] is self.compare:
-            self.pins = self._preset(change["new"])
+            self.pins = preset(change["new"], self.ms)
             self._pinned_preset = change["new"]
         if change["owner"] is self.klass and self.search.value != self.ms.class_names[change["new"]]:
             self.search.value = ""
@@ -319,10 +270,9 @@ class Explorer(W.VBox):
         if name and name in self.ms.class_names:
             self.klass.value = self.ms.class_names.index(name)
 
-    def _strip_click(self, x: float, y: float) -> None:
-        # thumbnail d starts at STRIP_PAD + (d - 1) * (STRIP_TILE + STRIP_PAD); split the gaps evenly
-        depth = int((x - STRIP_PAD / 2) // (STRIP_TILE + STRIP_PAD)) + 1
-        if 1 <= depth <= self.ms.depth_available:
+    def _select_depth(self, depth: int) -> None:
+        """A thumbnail of the recursion strip was clicked: show that depth, if probed."""
+        if self.mapsets and 1 <= depth <= self.ms.depth_available:
             self.depth.value = depth
 
     def _hover(self, index: int, x: float, y: float) -> None:
@@ -370,48 +320,20 @@ class Explorer(W.VBox):
             self.other_class.options = options
             self.other_class.value = top[min(1, len(top) - 1)][0]
             self.search.options = sorted(set(ms.class_names))
-            self.depth.options = self._depth_options(ms)
+            self.depth.options = depth_options(ms)
             self.depth.value = len(ms.layers)
             if self._pinned_preset is not None:  # e.g. "top classes" are this image's top classes
-                self.pins = self._preset(self._pinned_preset)
+                self.pins = preset(self._pinned_preset, self.ms)
         self.render()
 
-    @staticmethod
-    def _depth_options(ms: MapSet) -> list[tuple[str, int]]:
-        out = []
-        for depth in range(1, len(ms.layers) + 1):
-            index = len(ms.layers) - depth
-            h, w = ms.activations[index].shape[-2:]
-            out.append((f"{depth}: {ms.layers[index]} ({h}×{w})", depth))
-        return out
-
-    def _preset(self, name: str) -> list[dict]:
-        ms = self.ms
-        if name == "variants":
-            return [{"variant": v} for _, v in VARIANT_OPTIONS]
-        if name == "classes":
-            return [{"class_idx": c} for c, _, _ in ms.topk(min(3, ms.num_classes))]
-        if name == "depths":
-            L = len(ms.layers)
-            depths = sorted({1, max(1, L // 3), max(1, (2 * L) // 3), L}) if L > 4 else range(1, L + 1)
-            return [{"depth": d} for d in depths][:4] if L > 1 else []
-        if name == "lnorm":
-            return [{"lnorm": True}, {"lnorm": False}]
-        return []
-
-    class _Hold:
-        def __init__(self, explorer: "Explorer") -> None:
-            self.explorer = explorer
-
-        def __enter__(self):
-            self.previous, self.explorer._drawing = self.explorer._drawing, True
-
-        def __exit__(self, *exc):
-            self.explorer._drawing = self.previous
-
-    def hold_render(self) -> "_Hold":
+    @contextlib.contextmanager
+    def hold_render(self) -> Iterator[None]:
         """Change several controls without drawing after each one."""
-        return self._Hold(self)
+        previous, self._drawing = self._drawing, True
+        try:
+            yield
+        finally:
+            self._drawing = previous
 
     def _image(self) -> np.ndarray:
         name = self.image_picker.value
@@ -436,19 +358,10 @@ class Explorer(W.VBox):
             self.panels_box.children = children
 
     def caption(self, panel: frames.Panel) -> str:
-        ms = self.ms
-        if panel.method is not None:
-            key = (ms, panel.class_idx, panel.method)
-            state = "" if key in self._baseline_maps else " · <i>computing…</i>"
-            return (f"{html.escape(panel.method)} · {html.escape(ms.class_names[panel.class_idx])} "
-                    f"({float(ms.probs[panel.class_idx]):.3f}){state}")
-        name = VARIANT_NAMES[panel.variant]
-        layer = ms.layers[len(ms.layers) - panel.depth]
-        text = (f"{name} · {html.escape(ms.class_names[panel.class_idx])} ({float(ms.probs[panel.class_idx]):.3f})"
-                f" · depth {panel.depth}/{len(ms.layers)} ({layer})" + ("" if panel.lnorm else " · no LNorm"))
-        if self.mode.value == "contrast":
-            text += f" · against {html.escape(ms.class_names[self.other_class.value])}"
-        return text
+        """The HTML caption of ``panel`` on screen."""
+        ms, method = self.ms, panel.method
+        return caption(ms, panel, against=self.other_class.value if self.mode.value == "contrast" else None,
+                       computing=method is not None and not self.baseline_maps.ready(ms, panel.class_idx, method))
 
     @_guarded
     def render(self) -> None:
@@ -465,86 +378,17 @@ class Explorer(W.VBox):
         panels = self.panels()
         self._ensure_canvases(len(panels))
         look, image = self.look, self._image()
-        for canvas, caption, panel in zip(self.canvases, self.captions, panels):
-            values = self._baseline_values(panel) if panel.method is not None else None
+        for canvas, label, panel in zip(self.canvases, self.captions, panels):
+            values = (None if panel.method is None else
+                      self.baseline_maps.values(ms, panel.class_idx, panel.method, self.model))
             pixels = frames.frame(ms, panel, look, image, values)
             canvas.draw(frames.zoom_and_fit(pixels, look.zoom, canvas.size))
-            caption.value = f"<span style='font-size:90%'>{self.caption(panel)}</span>"
+            label.value = f"<span style='font-size:90%'>{self.caption(panel)}</span>"
         # a successful draw replaces any earlier message (an error the user has moved past included)
         self.status.value = ("" if ms.complete else
                              f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
-        self._render_strip(panels[0])
-        self._render_teaching(panels[0])
+        self.recursion.render(ms, panels[0], image, self.cmap.value)
         self.curves.show_cached(panels[0])
-
-    def _baseline_values(self, panel: frames.Panel) -> Optional[torch.Tensor]:
-        """A baseline's map of the panel's class in [0, 1] (``u`` of the method's map, as shown for
-        Poly-CAM); computed once in a background thread (None until then), then cached."""
-        ms = self.ms
-        key = (ms, panel.class_idx, panel.method)
-        if key in self._baseline_maps:
-            return self._baseline_maps[key]
-        if key not in self._baseline_jobs and self.model is not None:
-            self._baseline_jobs.add(key)
-            threading.Thread(target=self._compute_baseline, args=(key,), daemon=True).start()
-        return None
-
-    def _compute_baseline(self, key: tuple) -> None:
-        from .. import baselines
-        from ..polycam import display_map
-
-        ms, class_idx, method = key
-        try:
-            raw = baselines.saliency(method, self.model, ms.image, class_idx)
-            self._baseline_maps[key] = display_map(raw.detach().float().to(ms.device), ms.size)
-            self.render()
-        except Exception as exc:  # noqa: BLE001 - shown in the widget
-            self.show_error(exc)
-        finally:
-            self._baseline_jobs.discard(key)
-
-    def _render_strip(self, panel: frames.Panel) -> None:
-        """Thumbnails of every depth (built once per class, variant, LNorm and colormap); the
-        current depth is framed."""
-        ms, tile, pad = self.ms, STRIP_TILE, STRIP_PAD
-        key = (ms, panel.class_idx, panel.variant, panel.lnorm, self.cmap.value, ms.depth_available)
-        if self._strip_cache[0] != key:
-            n = len(ms.layers)
-            base = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
-            rows, cols = frames.nearest_indices(ms.size, (tile, tile))
-            image = self._image()[rows, cols]
-            for depth in range(1, ms.depth_available + 1):
-                values = ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm).cpu().numpy()
-                x = pad + (depth - 1) * (tile + pad)
-                base[pad: pad + tile, x: x + tile] = render.overlay(image, values[rows, cols], self.cmap.value, 0.6)
-            self._strip_cache = (key, base)
-        strip = self._strip_cache[1].copy()
-        x = pad + (panel.depth - 1) * (tile + pad)
-        frame = strip[:, x - pad // 2: x + tile + pad // 2]
-        inner = frame[pad: pad + tile, pad // 2: pad // 2 + tile].copy()
-        frame[:] = (255, 140, 0)
-        frame[pad: pad + tile, pad // 2: pad // 2 + tile] = inner
-        self.strip.resize(strip.shape[:2])
-        self.strip.draw(strip)
-
-    def _render_teaching(self, panel: frames.Panel) -> None:
-        key = (self.ms, panel, self.cmap.value, self.ms.depth_available)
-        if self._teaching_key == key:
-            return
-        self._teaching_key = key
-        if panel.depth < 2:
-            self.teaching_caption.value = "Depth 1 is the coarsest CAM itself; choose depth ≥ 2 to see a step."
-            self.teaching.draw(np.full((*self.teaching.size, 3), 255, np.uint8))
-            return
-        steps = frames.teaching_step(self.ms, panel)
-        tiles = [frames.zoom_and_fit(render.heatmap(render_unit(m), self.cmap.value), None, (140, 140))
-                 for _, m in steps]
-        row = render.grid([tiles], pad=5)
-        self.teaching.resize(row.shape[:2])
-        self.teaching.draw(row)
-        self.teaching_caption.value = "  ×  ".join(
-            f"<b>{i + 1}</b>. {html.escape(c)}" for i, (c, _) in enumerate(steps)).replace(
-            "  ×  <b>4</b>", "  =  <b>4</b>")
 
     # ----- actions ----------------------------------------------------------------------------
     def show_error(self, exc: BaseException) -> None:
@@ -558,14 +402,14 @@ class Explorer(W.VBox):
     def export_png(self) -> Path:
         """Write the panels on screen side by side as one PNG; show a download link."""
         path = export_png(self)
-        self.export_link.value = _download_link(path, "image/png")
+        self.export_link.value = download_link(path, "image/png")
         return path
 
     @_guarded
     def export_maps(self) -> Path:
         """Write the saliency maps on screen (and their descriptions) to one npz."""
         path = export_maps(self)
-        self.export_link.value = _download_link(path, "application/octet-stream")
+        self.export_link.value = download_link(path, "application/octet-stream")
         return path
 
     def close(self) -> None:
@@ -580,11 +424,13 @@ class Explorer(W.VBox):
             ms._cache.clear()
         self.mapsets = {}
         self._images.clear()
+        self.baseline_maps.clear()
         for widget in _descendants(self) + self.captions:  # captions of panels no longer shown too
             if widget is not self:
                 widget.close()
-        for c in self.canvases + [self.strip, self.teaching]:
+        for c in self.canvases:
             c.canvas.close()
+        self.recursion.close()
         super().close()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -608,17 +454,3 @@ def _descendants(root: W.Widget) -> list[W.Widget]:
             stack.extend(v for v in (value if isinstance(value, (list, tuple)) else [value])
                          if isinstance(v, W.Widget))
     return list(found.values())
-
-
-def render_unit(values: torch.Tensor) -> torch.Tensor:
-    """Scale a map to [0, 1] by its maximum for display in the teaching view."""
-    top = float(values.max())
-    return values / top if top > 0 else values
-
-
-def _download_link(path: Path, mime: str) -> str:
-    import base64
-
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (f"saved <code>{html.escape(str(path))}</code> · "
-            f"<a download='{html.escape(path.name)}' href='data:{mime};base64,{data}'>download</a>")

@@ -1,6 +1,8 @@
 """Export what the explorer shows: the panels as one PNG, the maps on screen as one npz."""
 from __future__ import annotations
 
+import base64
+import html
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,3 +50,10 @@ def export_maps(explorer: "Explorer") -> Path:
     with atomic_write(path) as f:
         np.savez_compressed(f, **arrays)
     return path
+
+
+def download_link(path: Path, mime: str) -> str:
+    """HTML naming ``path`` with a link that downloads its bytes (a data: URL, no server needed)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f"saved <code>{html.escape(str(path))}</code> · "
+            f"<a download='{html.escape(path.name)}' href='data:{mime};base64,{data}'>download</a>")

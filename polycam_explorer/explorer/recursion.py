@@ -1,0 +1,115 @@
+"""The Recursion tab: a thumbnail per depth (the paper's Figure 1) and one step of eq. 3.
+
+The Explorer hands it what to draw (map set, panel, image, colormap); a click on a thumbnail is
+reported back through ``on_depth``. Both views are cached, so redrawing with nothing changed
+pushes no pixels.
+"""
+from __future__ import annotations
+
+import html
+from typing import Callable, Optional
+
+import ipywidgets as W
+import numpy as np
+import torch
+
+from .. import render
+from ..mapset import MapSet
+from . import frames
+from .canvas import FrameCanvas
+
+STRIP_TILE, STRIP_PAD = 72, 4  # recursion strip: thumbnail size and the gap around each
+TEACHING_TILE = 140  # one map of the teaching view, on screen
+
+
+def render_unit(values: torch.Tensor) -> torch.Tensor:
+    """Scale a map to [0, 1] by its maximum for display in the teaching view."""
+    top = float(values.max())
+    return values / top if top > 0 else values
+
+
+class RecursionView:
+    """The strip of every depth and the teaching view of one recursion step.
+
+    Args:
+        on_depth: called with a depth (1..depths drawn) when its thumbnail is clicked.
+    """
+
+    def __init__(self, on_depth: Callable[[int], None]) -> None:
+        self.on_depth = on_depth
+        self.strip = FrameCanvas((STRIP_TILE, STRIP_TILE), on_click=self.click)
+        self.teaching = FrameCanvas((150, 600))
+        self.caption = W.HTML()
+        self._strip_cache: tuple = (None, None)  # (key, strip pixels without the depth frame)
+        self._teaching_key: Optional[tuple] = None
+        self._depths_drawn = 0
+        self.widget = W.VBox([W.HTML("<b>Recursion strip</b> (depth 1 = coarsest; click a map to select "
+                                     "its depth)"), self.strip.canvas,
+                              W.HTML("<b>One step of the recursion</b> (eq. 3 of the paper)"),
+                              self.teaching.canvas, self.caption])
+
+    def render(self, ms: MapSet, panel: frames.Panel, image: np.ndarray, cmap: str) -> None:
+        """Draw the strip and the teaching view of ``panel`` (``image``: the map set's uint8 image)."""
+        self.render_strip(ms, panel, image, cmap)
+        self.render_teaching(ms, panel, cmap)
+
+    def render_strip(self, ms: MapSet, panel: frames.Panel, image: np.ndarray, cmap: str) -> None:
+        """Thumbnails of every depth (built once per class, variant, LNorm and colormap); the
+        current depth is framed."""
+        tile, pad = STRIP_TILE, STRIP_PAD
+        key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.depth_available)
+        if self._strip_cache[0] != key:
+            n = len(ms.layers)
+            base = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
+            rows, cols = frames.nearest_indices(ms.size, (tile, tile))
+            small = image[rows, cols]
+            for depth in range(1, ms.depth_available + 1):
+                values = ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm).cpu().numpy()
+                x = pad + (depth - 1) * (tile + pad)
+                base[pad: pad + tile, x: x + tile] = render.overlay(small, values[rows, cols], cmap, 0.6)
+            self._strip_cache = (key, base)
+        self._depths_drawn = ms.depth_available
+        strip = self._strip_cache[1].copy()
+        x = pad + (panel.depth - 1) * (tile + pad)
+        frame = strip[:, x - pad // 2: x + tile + pad // 2]
+        inner = frame[pad: pad + tile, pad // 2: pad // 2 + tile].copy()
+        frame[:] = (255, 140, 0)
+        frame[pad: pad + tile, pad // 2: pad // 2 + tile] = inner
+        self.strip.resize(strip.shape[:2])
+        self.strip.draw(strip)
+
+    def render_teaching(self, ms: MapSet, panel: frames.Panel, cmap: str) -> None:
+        """CAM_l, LNorm(CAM_l), upsampled P_l+1 and their product for the panel's depth."""
+        key = (ms, panel, cmap, ms.depth_available)
+        if self._teaching_key == key:
+            return
+        self._teaching_key = key
+        if panel.depth < 2:
+            self.caption.value = "Depth 1 is the coarsest CAM itself; choose depth ≥ 2 to see a step."
+            self.teaching.draw(np.full((*self.teaching.size, 3), 255, np.uint8))
+            return
+        steps = frames.teaching_step(ms, panel)
+        tiles = [frames.zoom_and_fit(render.heatmap(render_unit(m), cmap), None, (TEACHING_TILE, TEACHING_TILE))
+                 for _, m in steps]
+        row = render.grid([tiles], pad=5)
+        self.teaching.resize(row.shape[:2])
+        self.teaching.draw(row)
+        self.caption.value = "  ×  ".join(
+            f"<b>{i + 1}</b>. {html.escape(c)}" for i, (c, _) in enumerate(steps)).replace(
+            "  ×  <b>4</b>", "  =  <b>4</b>")
+
+    def click(self, x: float, y: float) -> None:
+        """A click at ``(x, y)`` on the strip: report the depth of the thumbnail under it, if drawn."""
+        # thumbnail d starts at STRIP_PAD + (d - 1) * (STRIP_TILE + STRIP_PAD); split the gaps evenly
+        depth = int((x - STRIP_PAD / 2) // (STRIP_TILE + STRIP_PAD)) + 1
+        if 1 <= depth <= self._depths_drawn:
+            self.on_depth(depth)
+
+    def close(self) -> None:
+        """Close the widgets and forget the cached pixels (and the map sets their keys hold)."""
+        self._strip_cache, self._teaching_key, self._depths_drawn = (None, None), None, 0
+        for widget in self.widget.children:
+            widget.close()
+        self.strip.canvas.close()
+        self.teaching.canvas.close()
+        self.widget.close()
