@@ -127,3 +127,30 @@ def test_batched_images_equal_one_at_a_time():
         assert np.allclose(result["deletion"][1], dele[1], atol=1e-6)
     with pytest.raises(ValueError, match="one size"):
         faithfulness_curves(model, [x, torch.rand(1, 3, 10, 10)], [sals[0], torch.rand(10, 10)], [1, 1], 20)
+
+
+@pytest.mark.parametrize("kind", ["insertion", "deletion"])
+def test_real_model_and_tied_map_equal_the_authors_step_by_step_protocol(kind):
+    """The embedded model, a map with many ties (zeros and an upsampled coarse map, as CAM maps
+    are): every step equals a plain loop that builds each sample on its own, orders pixels as the
+    authors' metric code (argsort of the 1 x HW map, reversed) and scores it alone."""
+    model = pe.load_model()
+    x = pe.load_image(pe.cache.sample_images()[0], model, size=32)
+    coarse = torch.relu(torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)))
+    sal = torch.nn.functional.interpolate(coarse, (32, 32), mode="bilinear", align_corners=False)[0, 0]
+    assert len(torch.unique(sal)) < 32 * 32 // 2  # ties the ordering must settle as theirs does
+    c, n_steps = int(model(x).argmax()), 16
+    auc, curve = getattr(pe, kind)(model, x, sal, c, n_steps, batch_size=5)
+    order = torch.flip(sal.reshape(1, -1).argsort(), dims=[-1])[0]
+    per_step = math.ceil(32 * 32 / n_steps)
+    base = blur_baseline(x)
+    start, fill = (base, x) if kind == "insertion" else (x, base)
+    expected = []
+    for t in range(1, n_steps + 1):
+        sample = start.clone().reshape(3, -1)
+        top = order[:t * per_step]
+        sample[:, top] = fill.reshape(3, -1)[:, top]
+        with torch.no_grad():
+            expected.append(float(torch.softmax(model.net(sample.reshape(1, 3, 32, 32)), 1)[0, c]))
+    assert np.allclose(curve, expected, atol=1e-5)
+    assert auc == pytest.approx(sum(expected) / n_steps, abs=1e-5)
