@@ -26,6 +26,7 @@ from .faithfulness import FaithfulnessPanel
 from .panels import (BASELINES, COMPARE_OPTIONS, VARIANT_OPTIONS, arrange, caption, checked_pins, depth_options,
                      preset)
 from .recursion import RecursionView
+from .sanity import SanityPanel
 
 MapSets = Union[MapSet, Sequence[MapSet], Mapping[str, MapSet], str, Path]
 
@@ -66,7 +67,8 @@ class Explorer(W.VBox):
 
     Args:
         mapsets: a MapSet, a list or dict (name -> MapSet) of them, or a folder of saved map sets.
-        model: the classifier, for the faithfulness curves (optional).
+        model: the classifier (optional): for the faithfulness curves, the sanity check and the
+            baselines beside Poly-CAM.
         size: the longest side of a panel on screen, in pixels.
         export_dir: where exports are written.
     """
@@ -112,6 +114,7 @@ class Explorer(W.VBox):
         self.strip, self.teaching = self.recursion.strip, self.recursion.teaching
         self.teaching_caption = self.recursion.caption
         self.curves = FaithfulnessPanel(self)
+        self.sanity = SanityPanel(self)
         self.export_png_button = W.Button(description="export PNG", icon="image")
         self.export_npz_button = W.Button(description="export maps (npz)", icon="download")
         self.export_link = W.HTML()
@@ -139,10 +142,10 @@ class Explorer(W.VBox):
             W.HBox([self.compare, self.beside, self.reset_zoom, self.upload]),
             W.HBox([self.progress, self.progress_label, self.stop_button]),
         ])
-        extras = W.Tab(children=[self.recursion.widget, self.curves.widget,
+        extras = W.Tab(children=[self.recursion.widget, self.curves.widget, self.sanity.widget,
                                  W.VBox([W.HBox([self.export_png_button, self.export_npz_button]),
                                          self.export_link])])
-        for i, title in enumerate(("Recursion", "Faithfulness", "Export")):
+        for i, title in enumerate(("Recursion", "Faithfulness", "Sanity", "Export")):
             extras.set_title(i, title)
         super().__init__([controls, self.panels_box, self.hover, self.status, extras])
         self.upload.observe(self._on_upload, names="value")
@@ -193,6 +196,7 @@ class Explorer(W.VBox):
         # a map set replacing one of the same name: forget what was derived from the old one
         self._images.pop(name, None)
         self.curves.cache = {k: v for k, v in self.curves.cache.items() if k[0] != name}
+        self.sanity.forget(name)
         # new options reset a Dropdown to its first option: keep the image on screen instead
         self.image_picker.unobserve(self._on_image, names="value")
         try:
@@ -389,6 +393,7 @@ class Explorer(W.VBox):
                              f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
         self.recursion.render(ms, panels[0], image, self.cmap.value)
         self.curves.show_cached(panels[0])
+        self.sanity.show_cached(self.main_panel())
 
     # ----- actions ----------------------------------------------------------------------------
     def show_error(self, exc: BaseException) -> None:
@@ -414,10 +419,11 @@ class Explorer(W.VBox):
 
     def close(self) -> None:
         """Close every widget, stop running work and drop the map sets (frees their GPU memory)."""
-        if not hasattr(self, "curves"):  # the constructor raised; Widget.__del__ still calls close()
+        if not hasattr(self, "sanity"):  # the constructor raised; Widget.__del__ still calls close()
             super().close()
             return
         self.curves.cancel()
+        self.sanity.cancel()
         if self.runner is not None:
             self.runner.cancel()
         for ms in self.mapsets.values():
