@@ -555,6 +555,17 @@ def test_faithfulness_curves_match_the_metrics(with_model, ms, tiny_model):
     assert lines.progress.value == 2 * N_STEPS and not lines.button.disabled
 
 
+def test_faithfulness_shows_the_controls_map_when_panels_are_pinned(with_model, ms, tiny_model):
+    ex = with_model
+    ex.compare.value = "variants"  # panels PCAM+, PCAM-, PCAM±; the controls say PCAM-
+    ex.variant.value = "-"
+    ex.curves.compute(block=True)
+    ex.render()  # a redraw keeps the curves of the map they were computed for
+    ins_auc, _ = pe.insertion(tiny_model, ms.image, ms.saliency(TOP, "-"), TOP, n_steps=N_STEPS)
+    assert len(ex.curves.ins_line.y) == N_STEPS
+    assert _title_aucs(ex)[0] == pytest.approx(ins_auc, abs=5e-4)
+
+
 def test_faithfulness_second_look_is_cached(with_model, monkeypatch):
     ex = with_model
     ex.curves.compute(block=True)

@@ -392,8 +392,9 @@ class Explorer(W.VBox):
         self.status.value = ("" if ms.complete else
                              f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
         self.recursion.render(ms, panels[0], image, self.cmap.value)
-        self.curves.show_cached(panels[0])
-        self.sanity.show_cached(self.main_panel())
+        main = self.main_panel()  # the tabs' buttons compute for the controls' panel: show that one's
+        self.curves.show_cached(main)
+        self.sanity.show_cached(main)
 
     # ----- actions ----------------------------------------------------------------------------
     def show_error(self, exc: BaseException) -> None:
