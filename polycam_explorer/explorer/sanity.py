@@ -18,6 +18,8 @@ import ipywidgets as W
 import torch
 from PIL import Image
 
+from ..cache import default_batch_size
+from ..layers import module_device
 from ..mapset import MapSet, compute_mapset
 from ..probes import SweepCancelled
 from ..robustness import EVAL_HINT, RandomizationStep, cascading_randomization, parameter_groups, randomization_strip
@@ -158,7 +160,8 @@ class SanityPanel:
                 self.progress.value = STEP * maps_done + (STEP * done) // max(1, total)
 
             def explain(m: torch.nn.Module, x: torch.Tensor, c: int) -> torch.Tensor:
-                return compute_mapset(m, x, layers, progress=sweep, cancel=self._stop).saliency(c, variant)
+                return compute_mapset(m, x, layers, batch_size=default_batch_size(module_device(m)), progress=sweep,
+                                      cancel=self._stop).saliency(c, variant)
 
             def step(done: int, _total: int) -> None:  # after each map
                 nonlocal maps_done
