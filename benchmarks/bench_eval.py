@@ -4,12 +4,13 @@ and evaluate with the samples of several images sharing forward batches against 
 The sample images (4) at 224x224, the paper's 224 steps. Generation is not batched across images:
 one image's sweep already fills every batch (about 1300 probes). The last line is one JSON object.
 
-    python benchmarks/bench_eval.py [--images-per-batch 4] [--batch-size 32]
+    python benchmarks/bench_eval.py [--images-per-batch 4] [--batch-size N]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -30,18 +31,22 @@ def timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images-per-batch", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32, help="forward batch of the metric samples")
+    parser.add_argument("--batch-size", type=int, help="forward batch (default: 16 on a CPU, 64 on a GPU)")
     parser.add_argument("--n-steps", type=int, default=224)
     args = parser.parse_args()
     model = pe.load_model()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    args.batch_size = args.batch_size or pe.cache.default_batch_size(device)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["POLYCAM_EXPLORER_CACHE"] = str(Path(tmp) / "cache")  # generate must sweep, not read a cache
         folder = Path(tmp) / "images"
         folder.mkdir()
         for path in pe.cache.sample_images():
             shutil.copy(path, folder / path.name)
         n = len(list(folder.iterdir()))
         t_generate = timed(lambda: evaluation.generate(model, folder, ["pcam+-"], Path(tmp) / "out",
-                                                       batch_size=16, progress=False))
+                                                       batch_size=args.batch_size, progress=False))
         npz = [Path(tmp) / "out" / "efficientnet_lite0_pcampm.npz"]
         times = {}
         for per_batch in (1, args.images_per_batch):
@@ -53,7 +58,7 @@ def main() -> None:
             (Path(tmp) / f"eval{args.images_per_batch}" / "summary.csv").read_text()
     t_eval = times[args.images_per_batch]
     result = {
-        "images": n, "size": 224, "n_steps": args.n_steps, "batch_size": args.batch_size,
+        "device": str(device), "images": n, "size": 224, "n_steps": args.n_steps, "batch_size": args.batch_size,
         "threads": torch.get_num_threads(), "generate_s": round(t_generate, 2),
         "evaluate_one_image_at_a_time_s": round(times[1], 2),
         f"evaluate_{args.images_per_batch}_images_per_batch_s": round(t_eval, 2),
