@@ -84,9 +84,11 @@ def _prepare(model: nn.Module, x: torch.Tensor, class_idx: int) -> tuple[nn.Modu
 
 
 def _target_layers(model: nn.Module, net: nn.Module, x: torch.Tensor) -> list[str]:
-    """The discovered target layers, input side first, at the Classifier's input size (else at x's)."""
-    size = model.input_size if isinstance(model, Classifier) else tuple(x.shape[-2:])
-    return [info.name for info in describe_layers(net, size)]
+    """The discovered target layers (the model's rule), input side first, at the Classifier's input
+    size (else at x's): the layers Poly-CAM uses."""
+    clf = as_classifier(model)
+    size = clf.input_size if isinstance(model, Classifier) else tuple(x.shape[-2:])
+    return [info.name for info in describe_layers(net, size, clf.layer_rule)]
 
 
 def _one_layer(model: nn.Module, net: nn.Module, x: torch.Tensor, target_layer: str | None) -> str:

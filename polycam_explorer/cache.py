@@ -27,7 +27,8 @@ def cache_key(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.
     """Hash of the model's weights, the layer choice and the exact input tensor."""
     digest = hashlib.sha256()
     digest.update(model_fingerprint(model).encode())
-    digest.update(repr(list(layers) if layers is not None else "discovered").encode())
+    rule = getattr(model, "layer_rule", "main-path")
+    digest.update(repr(list(layers) if layers is not None else f"discovered/{rule}").encode())
     digest.update(repr(tuple(x.shape)).encode())
     digest.update(x.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]

