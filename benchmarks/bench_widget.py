@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import polycam_explorer as pe
-from polycam_explorer.layers import capture_activations, describe_layers, inference_state
+from polycam_explorer.layers import capture_activations, inference_state
 from polycam_explorer.mapset import MapSet
 from polycam_explorer.models import model_fingerprint, probabilities
 from polycam_explorer.probes import LayerScores
@@ -33,7 +33,7 @@ def synthetic_mapset(model: pe.Classifier, size: int) -> MapSet:
     """Real activations at ``size``, random probe scores."""
     x = pe.load_image(pe.cache.sample_images()[0], model, size=size)
     with inference_state(model.net):
-        layers = [i.name for i in describe_layers(model.net, (size, size))]
+        layers = pe.find_target_layers(model, (size, size))  # the model's rule, as compute_mapset
         logits, acts = capture_activations(model.net, x, layers)
     s0 = probabilities(logits)[0]
     ms = MapSet(image=x, layers=layers, activations=[acts[n] for n in layers], s0=s0,
