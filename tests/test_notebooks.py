@@ -26,7 +26,7 @@ def test_notebook_runs(path, tmp_path_factory, monkeypatch):
     # one cache for every notebook of the session: the sample's sweep runs once
     monkeypatch.setenv("POLYCAM_EXPLORER_CACHE", str(tmp_path_factory.getbasetemp() / "mapset-cache"))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
+    NotebookClient(nb, timeout=1200, kernel_name="python3",  # 04 sweeps three samples in one cell
                    resources={"metadata": {"path": str(tmp_path_factory.mktemp("run"))}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
