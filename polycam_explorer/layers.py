@@ -101,6 +101,13 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def check_layer_rule(rule: str, what: str = "rule") -> str:
+    """``rule`` if it is one of :data:`LAYER_RULES`, else a ValueError naming ``what`` and the choices."""
+    if rule not in LAYER_RULES:
+        raise ValueError(f"{what} must be one of {LAYER_RULES}, got {rule!r}")
+    return rule
+
+
 def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
                     rule: str = "main-path") -> list[LayerInfo]:
     """Discover the target layers and return their stage table, input side (finest) first.
@@ -121,8 +128,7 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
     Raises:
         ValueError: an unknown ``rule``, or a model without a 4-D activation that qualifies.
     """
-    if rule not in LAYER_RULES:
-        raise ValueError(f"rule must be one of {LAYER_RULES}, got {rule!r}")
+    check_layer_rule(rule)
     h_in, w_in = int(input_size[0]), int(input_size[1])
     named = dict(model.named_modules())
     outputs: dict[str, object] = {}

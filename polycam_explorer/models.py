@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .layers import LAYER_RULES, input_channels
+from .layers import check_layer_rule, input_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,8 +48,7 @@ class Classifier(nn.Module):
                  layer_rule: str = "main-path") -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-        if layer_rule not in LAYER_RULES:
-            raise ValueError(f"layer_rule must be one of {LAYER_RULES}, got {layer_rule!r}")
+        check_layer_rule(layer_rule, "layer_rule")
         super().__init__()
         self.net = net
         self.training = net.training  # the wrapper's own flag follows the net (whose flags stay as they are)
@@ -127,8 +126,8 @@ def load_model(name: str | None = None, weights: object = None, *, num_classes: 
     Raises:
         ValueError: unknown model name, unreadable or mismatching checkpoint.
     """
-    if layer_rule is not None and layer_rule not in LAYER_RULES:
-        raise ValueError(f"layer_rule must be one of {LAYER_RULES}, got {layer_rule!r}")
+    if layer_rule is not None:
+        check_layer_rule(layer_rule, "layer_rule")
     if name is None or name == DEFAULT_MODEL:
         if weights is not None:
             raise ValueError("the embedded default model carries its own weights; pass name= to use others")
