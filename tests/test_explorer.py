@@ -597,7 +597,7 @@ def test_faithfulness_error_is_shown_and_button_comes_back(with_model, monkeypat
 def test_faithfulness_in_the_background_and_cancel(with_model, ms, tiny_model, monkeypatch):
     ex = with_model
     ex.curves.compute()  # in a thread: the controls stay usable
-    ex.curves._thread.join(30)
+    ex.curves.wait(30)
     assert len(ex.curves.ins_line.y) == N_STEPS and not ex.curves.button.disabled
     real = faithfulness.faithfulness_curves
 

@@ -129,7 +129,7 @@ def test_runs_in_the_background_and_close_cancels_it(ms, tiny_model, monkeypatch
         ex.close()
     go.set()
     ex.sanity.wait(30)
-    assert not ex.sanity._thread.is_alive()
+    assert not ex.sanity.job.running
     assert calls == [1] and ex.sanity.cache == {}  # stopped inside the first sweep
 
 

@@ -11,7 +11,6 @@ import html
 import importlib.util
 import io
 import math
-import threading
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import ipywidgets as W
@@ -24,6 +23,7 @@ from ..mapset import MapSet, compute_mapset
 from ..probes import SweepCancelled
 from ..robustness import EVAL_HINT, RandomizationStep, cascading_randomization, parameter_groups, randomization_strip
 from .frames import Panel
+from .jobs import ButtonJob, Cancelled
 from .panels import VARIANT_NAMES
 
 if TYPE_CHECKING:
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 
 GRANULARITY_OPTIONS = [("stages", "stages"), ("blocks", "blocks"), ("layers", "layers")]
 STEP = 100  # progress units per map: the sweep of each map advances the bar within its step
-
-
-class _Stop(Exception):
-    """Raised from the progress callback to stop a check that was cancelled."""
 
 
 def _missing_eval() -> list[str]:
@@ -56,8 +52,6 @@ class SanityPanel:
         self.explorer = explorer
         self.seed = seed
         self.cache: dict[tuple, list[RandomizationStep]] = {}
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         self._shown: object = False  # (key, colormap) on screen; None: nothing; False: unknown
         self.granularity = W.Dropdown(description="randomise", options=GRANULARITY_OPTIONS, value="stages")
         self.button = W.Button(description="run sanity check", icon="random")
@@ -67,8 +61,8 @@ class SanityPanel:
         self.strip = W.Image(format="png", layout=W.Layout(display="none"))
         self.table = W.HTML()
         self.granularity.observe(self._on_granularity, names="value")
+        self.job = ButtonJob(self.button, self.stop_button)
         self.button.on_click(lambda _: self.compute())
-        self.stop_button.on_click(lambda _: self.cancel())
         about = W.HTML("<b>Cascading randomisation</b> (Adebayo et al. 2018; the paper's Figure 26): the "
                        "model's layers are re-initialised from the output side, cumulatively, and the map "
                        "of the main panel's class and variant (full depth) is recomputed after each step. "
@@ -130,24 +124,18 @@ class SanityPanel:
         missing = _missing_eval()
         if missing:
             raise ImportError(f"the sanity check needs {' and '.join(missing)}: {EVAL_HINT}")
-        if self._thread is not None and self._thread.is_alive():
+        if self.job.running:
             return
         panel = self.explorer.main_panel()
         key = self.key(panel)
         if key in self.cache:
             self.show_cached(panel)
             return
-        self._stop.clear()
-        self.button.disabled, self.stop_button.disabled = True, False
         self.progress.value = 0
         ms = self.explorer.ms
         self.message.value = (f"<i>randomising ({html.escape(key[3])}) for "
                               f"{html.escape(ms.class_names[key[1]])} · {VARIANT_NAMES[key[2]]}…</i>")
-        if block:
-            self._run(key, ms)
-        else:
-            self._thread = threading.Thread(target=self._run, args=(key, ms), daemon=True)
-            self._thread.start()
+        self.job.start(lambda: self._run(key, ms), block=block)
 
     def _run(self, key: tuple, ms: MapSet) -> None:
         _, class_idx, variant, granularity = key
@@ -161,37 +149,33 @@ class SanityPanel:
 
             def explain(m: torch.nn.Module, x: torch.Tensor, c: int) -> torch.Tensor:
                 return compute_mapset(m, x, layers, batch_size=default_batch_size(module_device(m)), progress=sweep,
-                                      cancel=self._stop).saliency(c, variant)
+                                      cancel=self.job.stop).saliency(c, variant)
 
             def step(done: int, _total: int) -> None:  # after each map
                 nonlocal maps_done
                 maps_done = done
                 self.progress.value = STEP * done
-                if self._stop.is_set():
-                    raise _Stop
+                self.job.check()
 
             self.cache[key] = cascading_randomization(model, ms.image, class_idx, explain, groups=groups,
                                                       seed=self.seed, progress=step)
             self.message.value = ""
             if self.explorer.mapsets and self.key(self.explorer.main_panel()) == key:
                 self.show_cached(self.explorer.main_panel())
-        except (_Stop, SweepCancelled):
+        except (Cancelled, SweepCancelled):
             self.message.value = "<i>cancelled</i>"
         except Exception as exc:  # noqa: BLE001 - shown in the widget
             self.message.value = (f"<span style='color:#b00020'><b>{type(exc).__name__}</b>: "
                                   f"{html.escape(str(exc))}</span>")
             self.explorer.show_error(exc)
-        finally:
-            self.button.disabled, self.stop_button.disabled = False, True
 
     def cancel(self) -> None:
         """Stop a running check (at the next probe batch)."""
-        self._stop.set()
+        self.job.cancel()
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Block until a check running in the background has finished."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.job.wait(timeout)
 
 
 def _table(steps: Sequence[RandomizationStep], title: str) -> str:
