@@ -140,7 +140,8 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
         def fn(_module, _inputs, output):
             calls[name] = calls.get(name, 0) + 1
             outputs[name] = output
-            if isinstance(output, torch.Tensor) and output.dim() == 4:  # checked now: in-place ops follow
+            if rule == "activations" and isinstance(output, torch.Tensor) and output.dim() == 4:
+                # checked now: in-place operations may change the tensor later in the pass
                 non_negative[name] = bool(output.min() >= 0)
             order.append(name)
         return fn
