@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_layers, describe_layers, inference_state, module_device
+from .layers import check_layers, describe_layers, module_device
+from .model_state import inference_state
 from .models import Classifier, as_classifier, probabilities
 
 _EXTRA = "pip install polycam-explorer[eval]"

@@ -12,6 +12,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .model_state import inference_state
+
 LAYER_RULES = ("main-path", "activations")  # see describe_layers
 _POOLING = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
             nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
@@ -43,24 +45,6 @@ def hooks(model: nn.Module, names: Sequence[str], hook_factory) -> Iterator[None
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextlib.contextmanager
-def inference_state(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode without gradients, then restore every flag as it was."""
-    training = {m: m.training for m in model.modules()}
-    grads = {p: p.requires_grad for p in model.parameters()}
-    try:
-        model.eval()
-        for p in grads:
-            p.requires_grad_(False)
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in training.items():
-            m.training = flag
-        for p, flag in grads.items():
-            p.requires_grad_(flag)
 
 
 def _is_transparent(module: nn.Module) -> bool:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from . import polycam
-from .layers import capture_activations, check_layers, describe_layers, inference_state, module_device
+from .layers import capture_activations, check_layers, describe_layers, module_device
+from .model_state import inference_state
 from .models import as_classifier, model_fingerprint, probabilities
 from .probes import LayerScores, sweep
 
@@ -224,15 +225,24 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
             info.name for info in describe_layers(net, x.shape[-2:], clf.layer_rule)]
         logits, acts = capture_activations(net, x, layers)
         s0 = probabilities(logits)[0]
-        ms = MapSet(image=x, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
-                    class_names=_class_names(clf, s0.shape[0]), model_name=clf.name,
-                    model_id=model_fingerprint(clf), mean=clf.mean, std=clf.std)
-        for index, scores, counts in sweep(net, x, ms.activations, s0, batch_size=batch_size,
-                                           cancel=cancel, progress=progress):
+    ms = MapSet(image=x, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
+                class_names=_class_names(clf, s0.shape[0]), model_name=clf.name,
+                model_id=model_fingerprint(clf), mean=clf.mean, std=clf.std)
+    steps = sweep(net, x, ms.activations, s0, batch_size=batch_size, cancel=cancel, progress=progress)
+    try:
+        while True:
+            # the model is frozen and gradients are off only while a layer is probed, never while
+            # the caller's loop body runs between two yields (nor after it breaks out)
+            with inference_state(net):
+                step = next(steps, None)
+            if step is None:
+                return
+            index, scores, counts = step
             ms.set_scores(index, scores)
             ms.stats.update(counts, batch_size=batch_size)
             yield ms
-
+    finally:
+        steps.close()
 
 def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
                    batch_size: int = 64, device: torch.device | str | None = None,

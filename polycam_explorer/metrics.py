@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import inference_state
+from .model_state import inference_state
 from .models import as_classifier, probabilities
 
 Progress = Callable[[int, int], None]

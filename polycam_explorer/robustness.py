@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import _blocks, module_device, hooks, inference_state
+from .layers import _blocks, module_device, hooks
+from .model_state import inference_state
 from .models import as_classifier
 
 EVAL_HINT = "pip install polycam-explorer[eval]"
