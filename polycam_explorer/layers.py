@@ -6,6 +6,7 @@ them in ``finally``, also when the forward pass raises.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -35,12 +36,24 @@ class LayerInfo:
 
 @contextlib.contextmanager
 def hooks(model: nn.Module, names: Sequence[str], hook_factory) -> Iterator[None]:
-    """Register ``hook_factory(name)`` as a forward hook on each named module, for one block."""
+    """Register ``hook_factory(name)`` as a forward hook on each named module, for one block.
+
+    The hooks see only the forward passes of the thread that registered them: another thread
+    running the same model meanwhile (the explorer's background work) is not recorded."""
     modules = dict(model.named_modules())
+    owner = threading.get_ident()
+
+    def this_thread_only(hook):
+        def fn(module, inputs, output):
+            if threading.get_ident() == owner:
+                return hook(module, inputs, output)
+            return None
+        return fn
+
     handles = []
     try:
         for name in names:
-            handles.append(modules[name].register_forward_hook(hook_factory(name)))
+            handles.append(modules[name].register_forward_hook(this_thread_only(hook_factory(name))))
         yield
     finally:
         for handle in handles:
