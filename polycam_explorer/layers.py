@@ -91,6 +91,11 @@ def input_channels(model: nn.Module) -> int:
     return 3
 
 
+def float_dtype(module: nn.Module) -> torch.dtype:
+    """The floating-point type of a module's parameters (float32 for a module without any)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
 def module_device(module: nn.Module) -> torch.device:
     """Where a module's parameters live (the CPU for a module without parameters)."""
     for p in module.parameters():
@@ -144,7 +149,7 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
         return fn
 
     generator = torch.Generator().manual_seed(0)  # the caller's random state is left alone
-    x = torch.rand(1, input_channels(model), h_in, w_in, generator=generator).to(module_device(model))
+    x = torch.rand(1, input_channels(model), h_in, w_in, generator=generator).to(module_device(model), float_dtype(model))
     every = [n for n in named if n]
     with inference_state(model), hooks(model, every, record):
         model(x)

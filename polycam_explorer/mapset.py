@@ -7,6 +7,8 @@ recursion of eq. [3], cached per (class, variant, LNorm) on the map set's device
 from __future__ import annotations
 
 import copy
+import threading
+import warnings
 from collections import OrderedDict
 from typing import Callable, Iterator, Sequence
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from . import polycam
-from .layers import capture_activations, check_layers, describe_layers, module_device
+from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .models import as_classifier, model_fingerprint, probabilities
 from .probes import LayerScores, sweep
@@ -50,12 +52,14 @@ class MapSet:
         self._plus: list[torch.Tensor | None] = [None] * len(self.layers)
         self._minus: list[torch.Tensor | None] = [None] * len(self.layers)
         self._cache: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
+        self._cache_lock = threading.Lock()  # a sweep thread fills the set while views read it
 
     # ----- filling ---------------------------------------------------------------------------
     def set_scores(self, index: int, scores: LayerScores) -> None:
         """Store the score matrices of layer ``index`` (called by the sweep, coarsest first)."""
-        self._plus[index], self._minus[index] = scores.s_plus, scores.s_minus
-        self._cache.clear()
+        with self._cache_lock:
+            self._plus[index], self._minus[index] = scores.s_plus, scores.s_minus
+            self._cache.clear()
 
     @property
     def device(self) -> torch.device:
@@ -94,7 +98,10 @@ class MapSet:
     # ----- reading ---------------------------------------------------------------------------
     def topk(self, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` most probable classes as ``(index, name, probability)``."""
-        values, indices = torch.topk(self.probs, min(int(k), self.num_classes))
+        k = _integer(k, "k")
+        if k < 1:
+            raise ValueError(f"k must be a positive int, got {k}")
+        values, indices = torch.topk(self.probs, min(k, self.num_classes))
         return [(int(i), self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
 
     def weights(self, class_idx: int, variant: str, layer: int | str) -> torch.Tensor:
@@ -116,16 +123,19 @@ class MapSet:
         variant = polycam.canonical_variant(variant)
         # depth_available in the key: a sweep still filling the set never gets a stale stack
         key = (self._class_index(class_idx), variant, bool(lnorm), self.depth_available)
-        maps = self._cache.get(key)
-        if maps is None:
-            first = len(self.layers) - key[3]
-            cams = [self.layer_cam(key[0], variant, i) for i in range(first, len(self.layers))]
-            maps = polycam.poly_recursion(cams, use_lnorm=key[2])
-            self._cache[key] = maps
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
+        with self._cache_lock:
+            maps = self._cache.get(key)
+            if maps is not None:
+                self._cache.move_to_end(key)
+                return maps
+        first = len(self.layers) - key[3]
+        cams = [self.layer_cam(key[0], variant, i) for i in range(first, len(self.layers))]
+        maps = polycam.poly_recursion(cams, use_lnorm=key[2])
+        with self._cache_lock:
+            if self.depth_available == key[3]:  # not a stack of a depth that a sweep just passed
+                self._cache[key] = maps
+                if len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
         return maps
 
     def saliency(self, class_idx: int, variant: str = "+-", depth: int | None = None,
@@ -137,13 +147,17 @@ class MapSet:
         Raises:
             ValueError: class out of range, unknown variant, or a depth not (yet) available.
         """
-        depth = len(self.layers) if depth is None else depth
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(self.layers):
+        depth = len(self.layers) if depth is None else _integer(depth, "depth")
+        if not 1 <= depth <= len(self.layers):
             raise ValueError(f"depth must be an int in 1..{len(self.layers)} or None, got {depth!r}")
         if depth > self.depth_available:
             raise ValueError(f"depth {depth} is not available yet: only depths 1..{self.depth_available} "
                              "have been probed")
-        return polycam.display_map(self.poly_maps(class_idx, variant, lnorm)[depth - 1], self.size)
+        out = polycam.display_map(self.poly_maps(class_idx, variant, lnorm)[depth - 1], self.size)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"the map of class {class_idx}, variant {variant!r}, depth {depth} is not finite: "
+                             "the model gave NaN or infinite outputs for some probes of this image")
+        return out
 
     def to(self, device: torch.device | str) -> "MapSet":
         """The map set on another device (a copy; the cache is not carried)."""
@@ -154,6 +168,7 @@ class MapSet:
         moved._plus = [None if t is None else t.to(device) for t in self._plus]
         moved._minus = [None if t is None else t.to(device) for t in self._minus]
         moved._cache = OrderedDict()
+        moved._cache_lock = threading.Lock()
         return moved
 
     def save(self, path, *, fp16: bool = False) -> None:
@@ -180,11 +195,7 @@ class MapSet:
 
     # ----- checks ----------------------------------------------------------------------------
     def _class_index(self, class_idx: int) -> int:
-        if isinstance(class_idx, torch.Tensor) and class_idx.numel() == 1 and not class_idx.is_floating_point():
-            class_idx = class_idx.item()
-        if isinstance(class_idx, (bool, np.bool_)) or not isinstance(class_idx, (int, np.integer)):
-            raise ValueError(f"class_idx must be an int, got {class_idx!r}")
-        class_idx = int(class_idx)
+        class_idx = _integer(class_idx, "class_idx")
         if not 0 <= class_idx < self.num_classes:
             raise ValueError(f"class_idx {class_idx} is out of range: the model has {self.num_classes} "
                              f"classes (0..{self.num_classes - 1})")
@@ -195,9 +206,21 @@ class MapSet:
             if layer not in self.layers:
                 raise ValueError(f"unknown layer {layer!r}; this map set has {self.layers}")
             return self.layers.index(layer)
-        if not -len(self.layers) <= int(layer) < len(self.layers):
+        index = _integer(layer, "layer (an index or a layer name)")
+        if not -len(self.layers) <= index < len(self.layers):
             raise ValueError(f"layer index {layer} out of range for {len(self.layers)} layers")
-        return int(layer) % len(self.layers)
+        return index % len(self.layers)
+
+
+def _integer(value: object, name: str) -> int:
+    """``value`` as an int: Python and numpy integers and one-element integer tensors are
+    accepted; bools, floats (even 1.0) and anything else are refused, naming ``name``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
 
 
 def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
@@ -219,13 +242,17 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     if device is not None and torch.device(device) != model_device:
         net = copy.deepcopy(net).to(device)  # the user's model stays where it is
     run_device = torch.device(device) if device is not None else model_device
-    x = x.to(run_device)
+    image = x.to(run_device, torch.float32)
+    x = x.to(run_device, float_dtype(net))  # the model's own precision (float64, half, ...)
     with inference_state(net):
         layers = check_layers(net, layers) if layers is not None else [
             info.name for info in describe_layers(net, x.shape[-2:], clf.layer_rule)]
         logits, acts = capture_activations(net, x, layers)
         s0 = probabilities(logits)[0]
-    ms = MapSet(image=x, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
+    if not bool(torch.isfinite(s0).all()):
+        raise ValueError(f"the model's output on this image is not finite (NaN or infinite logits): "
+                         f"there is nothing to explain; check the model ({clf.name}) and its weights")
+    ms = MapSet(image=image, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
                 class_names=_class_names(clf, s0.shape[0]), model_name=clf.name,
                 model_id=model_fingerprint(clf), mean=clf.mean, std=clf.std)
     steps = sweep(net, x, ms.activations, s0, batch_size=batch_size, cancel=cancel, progress=progress)
@@ -238,6 +265,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
             if step is None:
                 return
             index, scores, counts = step
+            _warn_if_not_finite(scores, layers[index], clf.name)
             ms.set_scores(index, scores)
             ms.stats.update(counts, batch_size=batch_size)
             yield ms
@@ -274,6 +302,14 @@ def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
     return ms
 
 
+def _warn_if_not_finite(scores: LayerScores, layer: str, model_name: str) -> None:
+    bad = int((~torch.isfinite(scores.s_plus)).any(1).sum() + (~torch.isfinite(scores.s_minus)).any(1).sum())
+    if bad:
+        warnings.warn(f"{model_name} gave NaN or infinite outputs for {bad} probes of layer {layer!r}: "
+                      "maps that use them are not finite and are refused (MapSet.saliency raises)",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _class_names(clf, n_classes: int) -> list[str]:
     return [clf.class_name(i) for i in range(n_classes)]
 
@@ -295,4 +331,4 @@ def _check_input(x: torch.Tensor, clf) -> torch.Tensor:
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or infinite values")
-    return x.float() if x.dtype == torch.float64 else x
+    return x
