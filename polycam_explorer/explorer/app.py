@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import html
+import math
 import traceback
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -15,6 +16,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 import ipywidgets as W
 import numpy as np
 import torch
+import traitlets
 
 from .. import render
 from ..mapset import MapSet
@@ -62,6 +64,24 @@ def _named(mapsets: MapSets) -> dict[str, MapSet]:
     return named
 
 
+class OpacitySlider(W.FloatSlider):
+    """A FloatSlider that refuses NaN and infinities (a plain one stores NaN and the view breaks)."""
+
+    @traitlets.validate("value")
+    def _validate_value(self, proposal):  # replaces the slider's own validator (one per trait)
+        value = proposal["value"]
+        if not math.isfinite(value):
+            raise traitlets.TraitError(f"opacity must be a number in [0, 1], got {value!r}")
+        return min(max(value, self.min), self.max)
+
+
+def _panel_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 64 <= size <= 4096:
+        raise ValueError(f"size (the longest side of a panel on screen) must be an int of pixels in "
+                         f"64..4096, got {size!r}")
+    return int(size)
+
+
 class Explorer(W.VBox):
     """Interactive Poly-CAM explorer for one or several map sets.
 
@@ -77,7 +97,7 @@ class Explorer(W.VBox):
                  export_dir: Union[str, Path] = "polycam_exports") -> None:
         self.mapsets = _named(mapsets)
         self.model = model
-        self.panel_size = int(size)
+        self.panel_size = _panel_size(size)
         self.export_dir = Path(export_dir)
         self.zoom: Optional[frames.Box] = None
         self.pins: list[dict] = []
@@ -97,7 +117,7 @@ class Explorer(W.VBox):
         self.mode = W.Dropdown(description="view", options=list(frames.MODES), value="overlay")
         self.other_class = W.Dropdown(description="against")
         self.cmap = W.Dropdown(description="colormap", options=list(render.COLORMAPS), value="turbo")
-        self.opacity = W.FloatSlider(description="opacity", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.opacity = OpacitySlider(description="opacity", min=0.0, max=1.0, step=0.05, value=0.5)
         self.compare = W.Dropdown(description="compare", options=COMPARE_OPTIONS, value="none")
         self.beside = W.Dropdown(description="beside", value="", options=[("no baseline", "")] + [
             (name, name) for name in BASELINES], layout=W.Layout(display=None if model is not None else "none"))
@@ -191,6 +211,11 @@ class Explorer(W.VBox):
     def add_mapset(self, name: str, ms: MapSet, *, show: bool = False) -> None:
         """Add a map set (possibly still being filled) to the image picker; show it if it is the
         first one or ``show`` is True."""
+        if not isinstance(ms, MapSet):
+            raise TypeError(f"add_mapset takes a MapSet (from pe.compute_mapset or pe.MapSet.load), "
+                            f"got {type(ms).__name__}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"the name of a map set must be a non-empty str, got {name!r}")
         first, current = not self.mapsets or show, self.image_picker.value
         self.mapsets[name] = ms
         # a map set replacing one of the same name: forget what was derived from the old one
