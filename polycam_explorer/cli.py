@@ -14,36 +14,53 @@ from .cache import default_batch_size
 from .files import atomic_write
 from .layers import LAYER_RULES, module_device
 from .mapset import MapSet, compute_mapset
-from .models import load_image, load_model
+from .models import load_image, load_model, probabilities
 
 SAMPLES = Path(__file__).parent / "data"
 VARIANT_FILE_NAMES = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}
 
 
-def _class_index(ms: MapSet, spec: str | None) -> int:
-    """``None`` -> top-1; an index; or a class name (case-insensitive)."""
+def _class_index(model, x: torch.Tensor, spec: str | None) -> int | None:
+    """``None`` -> None (the top-1, known after the sweep); an index; or a class name
+    (case-insensitive). Checked against the model's outputs (one forward pass) before any sweep.
+
+    Raises:
+        ValueError: an index out of range or an unknown name, saying what is accepted.
+    """
     if spec is None:
-        return ms.topk(1)[0][0]
-    if spec.isdigit():
-        return ms._class_index(int(spec))
-    names = [n.lower() for n in ms.class_names]
-    if spec.lower() not in names:
-        raise ValueError(f"--class {spec!r} is neither a class index (0..{ms.num_classes - 1}) nor a class "
+        return None
+    with torch.no_grad():
+        n_classes = probabilities(model(x.to(module_device(model)))).shape[1]
+    if spec.strip().isdigit():
+        if int(spec) >= n_classes:
+            raise ValueError(f"--class {spec} is out of range: this model has {n_classes} classes, "
+                             f"indices 0..{n_classes - 1} (or give a class name)")
+        return int(spec)
+    names = [model.class_name(i).lower() for i in range(n_classes)]
+    if spec.strip().lower() not in names:
+        raise ValueError(f"--class {spec!r} is neither a class index (0..{n_classes - 1}) nor a class "
                          "name of this model")
-    return names.index(spec.lower())
+    return names.index(spec.strip().lower())
 
 
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
             batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
             progress: bool = True, layer_rule: str | None = None) -> dict:
-    """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid."""
+    """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid.
+
+    The output folder and the class are checked before the sweep (ValueError naming them).
+    """
+    from .evaluation import writable_folder
+
+    out_dir = writable_folder(out)
     model = load_model(model_name, weights, layer_rule=layer_rule)
     x = load_image(image, model, size=size)
     device = module_device(model)
+    c = _class_index(model, x, class_spec)
     ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress)
-    c = _class_index(ms, class_spec)
-    out_dir = Path(out)
+    if c is None:
+        c = ms.topk(1)[0][0]
     stem = Path(image).stem
     picture = render.image_uint8(ms.image, ms.mean, ms.std)
     rows, files = [], []
@@ -127,8 +144,37 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
+class UsageError(ValueError):
+    """A command line the parser refuses; :func:`main` prints it and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would exit; main() reports it as any other error
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _int_at_least(low: int, high: int | None = None):
+    """An argparse type: an int in ``low..high``, refused with the accepted range otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            accepted = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+SIZE = _int_at_least(8)  # load_image's smallest size
+PORT = _int_at_least(1, 65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polycam-explorer", description="Poly-CAM saliency maps (ICPR 2022).")
+    parser = _Parser(prog="polycam-explorer", description="Poly-CAM saliency maps (ICPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("explain", help="top classes and a Poly-CAM overlay per variant and depth")
     p.add_argument("image", nargs="?", default=str(SAMPLES / "chelsea.jpg"),
@@ -141,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
     p.add_argument("--layers", help="comma-separated target layer names (default: discovered)")
     _layer_rule_argument(p)
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
-    p.add_argument("--size", type=int, help="resize the image to SIZE x SIZE (default: the model's input size)")
+    p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
+    p.add_argument("--size", type=SIZE, help="resize the image to SIZE x SIZE (default: the model's input size)")
     p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
     p.add_argument("--save-mapset", action="store_true", help="also write the map set (.npz, fp16)")
     p.add_argument("--no-progress", action="store_true")
@@ -155,13 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="insertion / deletion of saliency npz files, csv per method, summary")
     _dataset_arguments(e)
     e.add_argument("--npz", nargs="+", help="npz files or folders (default: OUT/<model>_*.npz)")
-    e.add_argument("--n-steps", type=int, default=224)
-    e.add_argument("--images-per-batch", type=int, default=4, help="images whose samples share forward batches")
+    e.add_argument("--n-steps", type=POSITIVE, default=224, help="insertion / deletion steps")
+    e.add_argument("--images-per-batch", type=POSITIVE, default=4, help="images whose samples share forward batches")
     s = sub.add_parser("serve", help="open the interactive explorer in the browser (Voila)")
     s.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
     s.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
     s.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
-    s.add_argument("--port", type=int, default=8866)
+    s.add_argument("--port", type=PORT, default=8866)
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     return parser
 
@@ -177,13 +223,16 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--list", dest="list_file", help="file listing the images to use, one per line")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: the model's input size)")
+    p.add_argument("--size", type=SIZE, help="resize images to SIZE x SIZE (default: the model's input size)")
     _layer_rule_argument(p)
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
+    p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:
+    from .evaluation import file_label
+
+    model_name = file_label(model_name)
     if not args.npz:
         files = sorted(Path(args.out).glob(f"{model_name}_*.npz"))
     else:
@@ -197,8 +246,15 @@ def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status: 0, 2 for an error (printed as
+    ``polycam-explorer: error: ...``), 130 when interrupted."""
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("explain", "generate", "evaluate"):
+            from .evaluation import writable_folder
+
+            writable_folder(args.out, "--out")  # before loading the model, before any sweep
         if args.command == "explain":
             variants = ("+", "-", "+-") if args.variant == "all" else ("+-" if args.variant == "±" else args.variant,)
             report = explain(args.image, args.out, class_spec=args.class_spec, variants=variants,
@@ -237,10 +293,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder that became unwritable, ...
+        print(f"polycam-explorer: error: {exc}{_kept(args)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("polycam-explorer: interrupted; no partial output was kept", file=sys.stderr)
+        print(f"polycam-explorer: interrupted{_kept(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _kept(args: argparse.Namespace | None) -> str:
+    """What a stopped command leaves behind (every file is written atomically: none is half-written)."""
+    command = getattr(args, "command", None)
+    if command in ("generate", "evaluate"):
+        return (f"; finished images are kept under {Path(args.out) / '.parts'} and a rerun of the same "
+                "command resumes from them")
+    if command == "explain":
+        return (f"; files already in {args.out} are complete but the set may not be: rerun to "
+                "write all of it")
+    return ""
 
 
 if __name__ == "__main__":

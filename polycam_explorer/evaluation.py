@@ -8,16 +8,26 @@ Files (the authors' layout, so their npz files and ours interchange):
 - ``{out}/ins_auc_{model}_{method}.csv``, ``del_auc_...``, ``ins_details_...``, ``del_details_...``
   and ``summary.md`` / ``summary.csv`` (mean Ins, Del, Ins-Del per method, like Table 4).
 
-Both steps resume (an image already done is skipped: each image's result is written atomically
-under ``{out}/.parts/``) and run under ``torchrun --nproc-per-node N``: each rank takes every N-th
-image, writes its own part files, and rank 0 merges them after a barrier.
+Both steps resume: each image's results are written atomically under ``{out}/.parts/``, one part
+file per image and output (every method, every depth, the map set), named by a readable stem of
+the image name and a hash of the name, the image file's bytes and every setting that changes the
+numbers (model weights, size, batch sizes, layers; for ``evaluate`` also the map itself), so two
+images never share a part and a part of other settings or an older map is never reused. A rerun
+does only what is missing and gives the same bytes as an uninterrupted run; temporary files of
+an interrupted write are removed. The model's name is made safe for file names
+(:func:`file_label`), and list entries must stay inside the image folder (symbolic links inside
+it are followed). Both steps run under ``torchrun --nproc-per-node N``: each rank takes every
+N-th image, writes its own part files, and rank 0 merges them after a barrier.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,9 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cache
 from .files import atomic_write
-from .layers import module_device
+from .layers import find_target_layers, module_device
 from .mapset import compute_mapset
 from .metrics import faithfulness_curves
 from .models import Classifier, load_image, model_fingerprint, probabilities
@@ -66,12 +75,47 @@ def method_file_name(method: str) -> str:
     return {"pcam+": "pcamp", "pcam-": "pcamm", "pcam+-": "pcampm", "pcam±": "pcampm"}.get(name, name)
 
 
-def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None = None) -> list[str]:
-    """Image file names (relative to ``folder``): the first word of each line of ``list_file``
-    (the authors' ``images.txt``), or every image file in ``folder``, sorted.
+def file_label(name: str) -> str:
+    """A model name as it appears in file names: every character but letters, digits, ``.``, ``_``
+    and ``-`` becomes ``_`` and leading dots go (``hf-hub:org/model`` -> ``hf-hub_org_model``,
+    ``../x`` -> ``_x``), so a name never leads a path out of the output folder."""
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".")[:100]
+    return label or "model"
+
+
+def writable_folder(path: str | os.PathLike, what: str = "out") -> Path:
+    """``path`` as a folder that exists (created if needed) and can be written, checked before any work.
 
     Raises:
-        ValueError: a missing folder, list or listed file, or no images.
+        ValueError: ``path`` (or a folder above it) is a file, or it cannot be created or written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a folder: give a folder to write the results into")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".polycam-explorer-write-check.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{what} {str(path)!r} cannot be written to ({exc.strerror or exc}): give a folder "
+                         "that can be created and written") from None
+    return path
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None = None) -> list[str]:
+    """Image file names (relative to ``folder``): the first word of each line of ``list_file``
+    (the authors' ``images.txt``; a name listed twice counts once), or every image file in
+    ``folder``, sorted.
+
+    Raises:
+        ValueError: a missing folder, list or listed file, a listed name that leaves ``folder``
+            (absolute, or with a ``..`` part), or no images.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -80,18 +124,48 @@ def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None =
         if not Path(list_file).is_file():
             raise ValueError(f"image list {str(list_file)!r} does not exist")
         names = [line.split()[0] for line in Path(list_file).read_text().splitlines() if line.strip()]
+        outside = [n for n in names if os.path.isabs(n) or ".." in re.split(r"[/\\]", n)]
+        if outside:
+            raise ValueError(f"{len(outside)} entries of {str(list_file)!r} leave the image folder, e.g. "
+                             f"{outside[:3]}: list paths relative to {str(folder)!r}, without '..'")
+        names = list(dict.fromkeys(names))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise ValueError(f"{len(missing)} listed images are not in {str(folder)!r}, e.g. {missing[:3]}")
     else:
-        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not names:
         raise ValueError(f"no images in {str(folder)!r} (accepted: {sorted(IMAGE_SUFFIXES)})")
     return names
 
 
-def _part(out: Path, stem: str, image: str, suffix: str) -> Path:
-    return out / ".parts" / stem / (image.replace("/", "__") + suffix)
+def _digest(value: object) -> str:
+    return hashlib.sha256(value if isinstance(value, bytes) else json.dumps(value).encode()).hexdigest()
+
+
+def _array_digest(array: np.ndarray) -> str:
+    return _digest(json.dumps([str(array.dtype), list(array.shape)]).encode() + np.ascontiguousarray(array).tobytes())
+
+
+def _readable(image: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", image.replace("/", "__")).lstrip(".")[:80] or "image"
+
+
+def _part(out: Path, stem: str, image: str, key: str, suffix: str) -> Path:
+    """One image's result: a readable stem and a hash of the image name and ``key`` (injective)."""
+    return out / ".parts" / stem / f"{_readable(image)}-{_digest([image, key])[:20]}{suffix}"
+
+
+def mapset_file(out: str | os.PathLike, image: str) -> Path:
+    """Where ``generate(save_mapsets=True)`` puts an image's map set (also listed in mapsets/index.json)."""
+    return Path(out) / "mapsets" / f"{_readable(image)}-{_digest(image)[:12]}.mapset.npz"
+
+
+def _remove_temporary(out: Path) -> None:
+    """Remove what interrupted atomic writes left (``.NAME.XXXX.tmp``); never a finished file."""
+    for folder in [out, out / "mapsets"] + [d for d in (out / ".parts").glob("*") if d.is_dir()]:
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -100,14 +174,15 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _methods_to_run(methods: Sequence[str]) -> list[str]:
+    from .baselines import METHODS
+
+    if isinstance(methods, str):
+        raise TypeError(f"methods must be a list of method names, got the string {methods!r}")
     names = [method_file_name(m) for m in methods if m.strip()]
-    others = [n for n in names if n not in VARIANT_OF]
-    if others:
-        from .baselines import METHODS
-    unknown = [n for n in others if n not in METHODS]
+    unknown = [n for n in names if n not in VARIANT_OF and n not in METHODS]
     if unknown or not names:
-        raise ValueError(f"unknown method(s) {unknown or methods}; accepted: pcam+, pcam-, pcam+- "
-                         f"(or pcamp, pcamm, pcampm) and {sorted(METHODS)}")
+        what = f"unknown method(s) {unknown}" if unknown else f"no method named in {list(methods)}"
+        raise ValueError(f"{what}; accepted: pcam+, pcam-, pcam+- (or pcamp, pcamm, pcampm) and {sorted(METHODS)}")
     return list(dict.fromkeys(names))
 
 
@@ -117,79 +192,135 @@ def _progress(total: int, desc: str, dist: Dist, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled or dist.rank != 0, unit="img")
 
 
+def _start(out: str | os.PathLike, dist: Dist) -> Path:
+    out = writable_folder(out)
+    if dist.rank == 0:
+        _remove_temporary(out)
+    dist.barrier()  # no rank writes before rank 0 has cleaned up
+    return out
+
+
 def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str], out: str | os.PathLike, *,
              list_file: str | os.PathLike | None = None, size: int | None = None, batch_size: int = 16,
              all_depths: bool = False, save_mapsets: bool = False, progress: bool = True) -> list[Path]:
     """Saliency maps of every image for every method, explaining the model's predicted class.
 
-    The three PCAM variants (and every depth) come from one sweep per image (or from the map set
-    in the disk cache, :mod:`polycam_explorer.cache`, when the explorer already made it). Returns
-    the npz files written (on rank 0; other ranks return an empty list).
+    The three PCAM variants (and every depth) come from one sweep per image, always computed
+    here in fp32 (the explorer's fp16 disk cache is never read, so the maps do not depend on what
+    was explored before). Resumes a stopped run (module docstring). Returns the npz files written
+    (on rank 0; other ranks return an empty list).
+
+    Raises:
+        ValueError / TypeError: bad images, list, methods, batch size or output folder.
     """
+    _positive("batch_size", batch_size)
     dist = distributed()
-    out = Path(out)
     names = list_images(images, list_file)
     methods = _methods_to_run(methods)
-    label = model.name
+    out = _start(out, dist)
+    label = file_label(model.name)
     pcam = [m for m in methods if m in VARIANT_OF]
-    mine = names[dist.rank::dist.world]
-    with _progress(len(mine), f"generate ({label})", dist, progress) as bar:
-        for name in mine:
-            stems = [f"{label}_{m}" for m in methods]
-            if all(_part(out, s, name, ".npy").is_file() for s in stems):
-                bar.update(1)
-                continue
+    device = module_device(model)
+    settings = {"model_id": model_fingerprint(model), "size": size, "batch_size": batch_size,
+                "layer_rule": getattr(model, "layer_rule", None)}
+    layers_of: dict[tuple, list[str]] = {}
+    with _progress(len(names[dist.rank::dist.world]), f"generate ({label})", dist, progress) as bar:
+        for name in names[dist.rank::dist.world]:
             x = load_image(Path(images) / name, model, size=size)
-            if pcam:  # a map set already in the explorer's disk cache is reused
-                ms = cache.cached(model, None, x, device=module_device(model)) or compute_mapset(
-                    model, x, batch_size=batch_size, progress=False)
-                class_idx = int(ms.probs.argmax())  # the sweep's s0: the predicted class
-                for m in pcam:
-                    variant = VARIANT_OF[m]
-                    _write_npy(_part(out, f"{label}_{m}", name, ".npy"),
-                               ms.saliency(class_idx, variant).cpu().numpy().astype(np.float32))
-                    if all_depths:
-                        for d in range(1, len(ms.layers) + 1):
-                            _write_npy(_part(out, f"{label}_{m}{d - 1}", name, ".npy"),
-                                       ms.saliency(class_idx, variant, d).cpu().numpy().astype(np.float32))
-                if save_mapsets:
-                    ms.save(out / "mapsets" / f"{name.replace('/', '__')}.mapset.npz", fp16=True)
-            else:
+            shape = tuple(x.shape[-2:])
+            if shape not in layers_of:
+                layers_of[shape] = find_target_layers(model, shape)
+            parts = _generate_parts(out, label, methods, name, _image_key(images, name, settings),
+                                    len(layers_of[shape]), all_depths, save_mapsets)
+            todo = {k: p for k, p in parts.items() if not p.is_file()}
+            if todo:
                 with torch.no_grad():
-                    class_idx = int(probabilities(model.net(x.to(module_device(model)))).argmax())
-            for m in methods:
-                if m in VARIANT_OF:
-                    continue
-                from .baselines import saliency as baseline_saliency
+                    class_idx = int(probabilities(model(x.to(device))).argmax())
+                if any(k[0] in VARIANT_OF or k[0] == "mapset" for k in todo):
+                    ms = compute_mapset(model, x, layers_of[shape], batch_size=batch_size, progress=False)
+                    for (m, depth), path in todo.items():
+                        if m == "mapset":
+                            ms.save(path, fp16=True)
+                        elif m in VARIANT_OF:
+                            sal = ms.saliency(class_idx, VARIANT_OF[m], depth)
+                            _write_npy(path, sal.cpu().numpy().astype(np.float32))
+                for (m, _), path in todo.items():
+                    if m not in VARIANT_OF and m != "mapset":
+                        from .baselines import saliency as baseline_saliency
 
-                sal = baseline_saliency(m, model, x.to(module_device(model)), class_idx)
-                _write_npy(_part(out, f"{label}_{m}", name, ".npy"), sal.detach().float().cpu().numpy())
+                        sal = baseline_saliency(m, model, x.to(device), class_idx)
+                        _write_npy(path, sal.detach().float().cpu().numpy())
             bar.update(1)
     dist.barrier()
     if dist.rank != 0:
         return []
+    meta = {"model": model.name, "model_id": settings["model_id"], "size": size, "images": len(names)}
+    keys = {n: _image_key(images, n, settings) for n in names}
+    if all_depths and pcam and not layers_of:  # this rank had no image
+        shape = tuple(load_image(Path(images) / names[0], model, size=size).shape[-2:])
+        layers_of[shape] = find_target_layers(model, shape)
+    n_depths = {len(v) for v in layers_of.values()}
+    if all_depths and pcam and len(n_depths) > 1:
+        raise ValueError(f"the images have different sizes and so different numbers of layers {sorted(n_depths)}: "
+                         "give a size for --all-depths")
+    stems = [(m, None) for m in methods]
+    if all_depths:
+        stems += [(m, d) for m in pcam for d in range(1, max(n_depths, default=0) + 1)]
     written = []
-    meta = {"model": label, "model_id": model_fingerprint(model), "size": size, "images": len(names)}
-    stems = [f"{label}_{m}" for m in methods]
-    if all_depths and pcam:
-        n_depths = _depth_files(out, label, pcam)
-        stems += [f"{label}_{m}{d}" for m in pcam for d in range(n_depths)]
-    for stem in stems:
-        written.append(_merge_maps(out, stem, names, dict(meta, method=stem[len(label) + 1:])))
+    for m, depth in stems:
+        stem = f"{label}_{m}" if depth is None else f"{label}_{m}{depth - 1}"
+        paths = {n: _part(out, stem, n, keys[n], ".npy") for n in names}
+        written.append(_merge_maps(out, stem, paths, dict(meta, method=stem[len(label) + 1:])))
+    if save_mapsets:
+        _publish_mapsets(out, {n: _part(out, "mapsets", n, keys[n], ".mapset.npz") for n in names})
     return written
 
 
-def _depth_files(out: Path, label: str, pcam: Sequence[str]) -> int:
-    d = 0
-    while (out / ".parts" / f"{label}_{pcam[0]}{d}").is_dir():
-        d += 1
-    return d
+def _image_key(images: str | os.PathLike, name: str, settings: dict) -> str:
+    return _digest([settings, _digest((Path(images) / name).read_bytes())])
 
 
-def _merge_maps(out: Path, stem: str, names: Sequence[str], meta: dict) -> Path:
+def _generate_parts(out: Path, label: str, methods: Sequence[str], name: str, key: str, n_layers: int,
+                    all_depths: bool, save_mapsets: bool) -> dict[tuple, Path]:
+    """Every part file one image needs: ``{(method, depth): path}`` (depth None: the full depth)."""
+    parts = {(m, None): _part(out, f"{label}_{m}", name, key, ".npy") for m in methods}
+    if all_depths:
+        for m in (m for m in methods if m in VARIANT_OF):
+            parts.update({(m, d): _part(out, f"{label}_{m}{d - 1}", name, key, ".npy") for d in range(1, n_layers + 1)})
+    if save_mapsets:
+        parts[("mapset", None)] = _part(out, "mapsets", name, key, ".mapset.npz")
+    return parts
+
+
+def _publish_mapsets(out: Path, parts: dict[str, Path]) -> None:
+    """Each image's map set at :func:`mapset_file` (a hard link to its part, or a copy) and an index."""
+    import shutil
+
+    index = {}
+    for name, part in parts.items():
+        if not part.is_file():
+            raise RuntimeError(f"no map set of {name!r}: a rank did not finish")
+        target = mapset_file(out, name)
+        index[name] = target.name
+        if target.is_file() and os.path.samefile(part, target):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.link.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(part, tmp)
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            with atomic_write(target) as f, open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
+    with atomic_write(out / "mapsets" / "index.json") as f:
+        f.write(json.dumps(index, indent=1).encode())
+
+
+def _merge_maps(out: Path, stem: str, parts: dict[str, Path], meta: dict) -> Path:
     arrays = {}
-    for name in names:
-        part = _part(out, stem, name, ".npy")
+    for name, part in parts.items():
         if not part.is_file():
             raise RuntimeError(f"no map of {name!r} for {stem}: a rank did not finish")
         arrays[name] = np.load(part, allow_pickle=False)
@@ -219,18 +350,43 @@ def read_maps(path: str | os.PathLike, model: Classifier | None = None) -> tuple
     return maps, meta
 
 
+def check_map(sal: np.ndarray, where: str) -> None:
+    """A saliency map to score: real numbers, ``H x W`` (or ``1 x 1 x H x W``), finite.
+
+    Raises:
+        ValueError: naming ``where`` (file and image), what was wrong and what is accepted.
+    """
+    if sal.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {sal.dtype}; accepted: real numbers")
+    if sal.ndim < 2 or any(d != 1 for d in sal.shape[:-2]) or min(sal.shape[-2:]) < 1:
+        raise ValueError(f"{where} has shape {sal.shape}; accepted: one value per pixel, H x W (or 1 x 1 x H x W "
+                         "as the authors' files), not a 1-D array nor a C x H x W colour map")
+    bad = int(sal.size - np.isfinite(sal).sum())
+    if bad:
+        raise ValueError(f"{where} has {bad} non-finite values (NaN or inf); saliency maps must be finite")
+
+
 def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[str | os.PathLike],
              out: str | os.PathLike, *, list_file: str | os.PathLike | None = None, size: int | None = None,
              n_steps: int = 224, batch_size: int = 32, images_per_batch: int = 4, progress: bool = True
              ) -> Optional[list[dict]]:
     """Insertion and deletion of every map of every npz file; per-image csv files in the authors'
     format and a summary table. The samples of ``images_per_batch`` images share forward batches.
-    Returns the summary rows on rank 0 (None on other ranks)."""
+    Resumes a stopped run (a group of images is redone whole, so the numbers are those of an
+    uninterrupted run). Returns the summary rows on rank 0 (None on other ranks).
+
+    Raises:
+        ValueError: bad arguments, npz files (another model's, missing images, maps that are not
+            finite ``H x W`` arrays: the file and image are named) or output folder.
+    """
+    for arg, value in (("n_steps", n_steps), ("batch_size", batch_size), ("images_per_batch", images_per_batch)):
+        _positive(arg, value)
     dist = distributed()
-    out = Path(out)
     names = list_images(images, list_file)
     files = [Path(f) for f in npz_files]
-    label = model.name
+    if not files:
+        raise ValueError("npz_files is empty: give at least one saliency npz file")
+    label = file_label(model.name)
     loaded = []
     for f in files:
         maps, meta = read_maps(f, model)
@@ -240,32 +396,51 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
         missing = [n for n in names if n not in maps]
         if missing:
             raise ValueError(f"{f.name} has no map for {len(missing)} images, e.g. {missing[:3]}")
-        loaded.append((f.stem, maps))
+        for n in names:
+            check_map(maps[n], f"{f.name}: the map of {n!r}")
+        loaded.append((f.stem, {n: maps[n] for n in names}))
+    stems = [stem for stem, _ in loaded]
+    if len(set(stems)) < len(stems):
+        raise ValueError(f"two npz files have one name ({sorted(s for s in stems if stems.count(s) > 1)}): "
+                         "their results would share a file; rename one")
+    out = _start(out, dist)
+    settings = {"model_id": model_fingerprint(model), "size": size, "n_steps": n_steps, "batch_size": batch_size,
+                "images_per_batch": images_per_batch}
+    keys: dict[str, str] = {}
+
+    def part(stem: str, maps: dict, name: str) -> Path:
+        if name not in keys:
+            keys[name] = _image_key(images, name, settings)
+        return _part(out, stem, name, _digest([keys[name], _array_digest(maps[name])]), ".json")
+
     mine = names[dist.rank::dist.world]
     with _progress(len(mine) * len(loaded), f"evaluate ({label})", dist, progress) as bar:
         for first in range(0, len(mine), images_per_batch):
             group = mine[first:first + images_per_batch]
-            todo = {stem: [n for n in group if not _part(out, stem, n, ".json").is_file()] for stem, _ in loaded}
-            needed = list(dict.fromkeys(n for names_todo in todo.values() for n in names_todo))
+            # a group's images share forward batches: redo it whole unless all of it is done
+            todo = {stem: {n: part(stem, maps, n) for n in group} for stem, maps in loaded}
+            todo = {stem: paths for stem, paths in todo.items() if not all(p.is_file() for p in paths.values())}
+            needed = list(dict.fromkeys(n for paths in todo.values() for n in paths))
             xs = {n: load_image(Path(images) / n, model, size=size).to(module_device(model)) for n in needed}
             with torch.no_grad():
-                classes = {n: int(probabilities(model.net(x)).argmax()) for n, x in xs.items()}
+                classes = {n: int(probabilities(model(x)).argmax()) for n, x in xs.items()}
             for stem, maps in loaded:
-                if todo[stem]:
-                    _score_group(model, out, stem, todo[stem], maps, xs, classes, n_steps, batch_size)
+                if stem in todo:
+                    _score_group(model, todo[stem], maps, xs, classes, n_steps, batch_size)
                 bar.update(len(group))
     dist.barrier()
     if dist.rank != 0:
         return None
-    rows = [dict(_merge_scores(out, stem, names), model=label,
-                 method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem) for stem, _ in loaded]
+    rows = [dict(_merge_scores(out, stem, {n: part(stem, maps, n) for n in names}), model=model.name,
+                 method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem) for stem, maps in loaded]
     _write_summary(out, rows)
     return rows
 
 
-def _score_group(model: Classifier, out: Path, stem: str, names: Sequence[str], maps: dict, xs: dict,
-                 classes: dict, n_steps: int, batch_size: int) -> None:
+def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict, classes: dict, n_steps: int,
+                 batch_size: int) -> None:
     """Insertion and deletion of a group of images in shared forward batches; one part file each."""
+    names = list(parts)
     sals = []
     for name in names:
         sal = torch.as_tensor(maps[name], dtype=torch.float32)  # the authors' maps may be 1 x 1 x h x w
@@ -277,7 +452,7 @@ def _score_group(model: Classifier, out: Path, stem: str, names: Sequence[str], 
         (ins_auc, ins), (del_auc, dele) = result["insertion"], result["deletion"]
         record = {"class": classes[name], "ins_auc": ins_auc, "del_auc": del_auc,
                   "ins": ins.tolist(), "del": dele.tolist()}
-        with atomic_write(_part(out, stem, name, ".json")) as f:
+        with atomic_write(parts[name]) as f:
             f.write(json.dumps(record).encode())
 
 
@@ -292,10 +467,9 @@ def _csv_text(rows: dict[str, Sequence[float]]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _merge_scores(out: Path, stem: str, names: Sequence[str]) -> dict:
+def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> dict:
     records = {}
-    for name in names:
-        part = _part(out, stem, name, ".json")
+    for name, part in parts.items():
         if not part.is_file():
             raise RuntimeError(f"no scores of {name!r} for {stem}: a rank did not finish")
         records[name] = json.loads(part.read_text())

@@ -15,6 +15,7 @@ earlier pixels (row-major) first, the same on every machine.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -48,12 +49,23 @@ def saliency_rank(saliency: torch.Tensor, ties: str = "authors") -> torch.Tensor
     return rank
 
 
-def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: int) -> None:
+def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: int, which: str = "") -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(saliency, torch.Tensor):
+        raise TypeError(f"x{which} and saliency{which} must be torch tensors, got {type(x).__name__} and "
+                        f"{type(saliency).__name__}")
     if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"x must have shape 1 x C x H x W, got {tuple(x.shape)}")
+        raise ValueError(f"x{which} must have shape 1 x C x H x W, got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if tuple(saliency.shape[-2:]) != (h, w) or saliency.numel() != h * w:
-        raise ValueError(f"saliency must be {h} x {w} like the image, got {tuple(saliency.shape)}")
+        raise ValueError(f"saliency{which} must be {h} x {w} like the image, got {tuple(saliency.shape)}")
+    if saliency.is_complex():
+        raise ValueError(f"saliency{which} must hold real numbers, got {saliency.dtype}")
+    bad = int((~torch.isfinite(saliency)).sum())
+    if bad:
+        raise ValueError(f"saliency{which} has {bad} non-finite values (NaN or inf): a saliency map must be finite "
+                         "(a NaN would be ranked as the most salient pixel)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x{which} contains NaN or infinite values")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= h * w:
         raise ValueError(f"n_steps must be an int in 1..{h * w}, got {n_steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -73,8 +85,8 @@ def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies
     unknown = set(kinds) - {"insertion", "deletion"}
     if unknown or not kinds:
         raise ValueError(f"kinds must be 'insertion' and/or 'deletion', got {list(kinds)}")
-    for x, sal in zip(xs, saliencies):
-        _check(x, sal, n_steps, batch_size)
+    for i, (x, sal) in enumerate(zip(xs, saliencies)):
+        _check(x, sal, n_steps, batch_size, f"[{i}]" if len(xs) > 1 else "")
         if x.shape != xs[0].shape:
             raise ValueError(f"images batched together must have one size, got {tuple(x.shape)} and "
                              f"{tuple(xs[0].shape)}")
@@ -103,6 +115,12 @@ def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies
             if progress is not None:
                 progress(min(s + batch_size, len(jobs)), len(jobs))
     curves = scores.cpu().double().numpy().reshape(len(xs), len(kinds), n_points)
+    broken = ~np.isfinite(curves)
+    if broken.any():
+        images_hit = sorted({int(i) for i in np.nonzero(broken.any(axis=(1, 2)))[0]})
+        warnings.warn(f"the model returned non-finite scores (NaN or inf) for {int(broken.sum())} of {broken.size} "
+                      f"samples (image(s) {images_hit} of this call): their curves and AUCs are NaN; is the model "
+                      "broken (NaN weights or an unstable layer)?", RuntimeWarning, stacklevel=2)
     out = []
     for per_image in curves:
         result = {}

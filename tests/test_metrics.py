@@ -154,3 +154,34 @@ def test_real_model_and_tied_map_equal_the_authors_step_by_step_protocol(kind):
             expected.append(float(torch.softmax(model.net(sample.reshape(1, 3, 32, 32)), 1)[0, c]))
     assert np.allclose(curve, expected, atol=1e-5)
     assert auc == pytest.approx(sum(expected) / n_steps, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("call", ["insertion", "deletion", "curves"])
+def test_non_finite_maps_are_refused_not_ranked(bad, call):
+    from polycam_explorer.metrics import faithfulness_curves
+
+    model, x = _setup()
+    sal = torch.rand(12, 10)
+    sal[3, 4] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        if call == "curves":
+            faithfulness_curves(model, [x, x], [torch.rand(12, 10), sal], [1, 1], 10)
+        else:
+            getattr(pe, call)(model, x, sal, 1, n_steps=10)
+    if call == "curves":
+        with pytest.raises(ValueError, match=r"saliency\[1\]"):
+            faithfulness_curves(model, [x, x], [torch.rand(12, 10), sal], [1, 1], 10)
+
+
+def test_a_model_that_returns_nan_is_warned_about():
+    model, x = _setup()
+    model.weight[0, 0] = float("nan")  # every logit 1 is NaN
+    with pytest.warns(RuntimeWarning, match="non-finite scores"):
+        auc, curve = pe.insertion(model, x, torch.rand(12, 10), 1, n_steps=10)
+    assert math.isnan(auc)  # reported, not hidden: the warning says why
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pe.deletion(*_setup(), torch.rand(12, 10), 1, n_steps=10)  # a sound model: no warning
