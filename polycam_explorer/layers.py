@@ -67,8 +67,9 @@ def _is_transparent(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _blocks(model: nn.Module) -> list[str]:
-    """Candidate block names: containers are opened, any other module with children is one block."""
+def _blocks(model: nn.Module, opened: frozenset[str] = frozenset()) -> list[str]:
+    """Candidate block names: containers are opened, any other module with children is one block;
+    the blocks named in ``opened`` are candidates and so are their children (recursively)."""
     out: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -76,11 +77,40 @@ def _blocks(model: nn.Module) -> list[str]:
             full = f"{prefix}{name}"
             if _is_transparent(child):
                 visit(full + ".", child)
-            else:
-                out.append(full)
+                continue
+            out.append(full)
+            if full in opened:
+                visit(full + ".", child)
 
     visit("", model)
     return out
+
+
+def _open_wrappers(model: nn.Module, resolution: dict[str, tuple[int, int]],
+                   starts_at: dict[str, tuple[int, int]]) -> list[str]:
+    """The blocks, with every block opened whose modules reveal a resolution that no block gives
+    and that is not the one the block starts at.
+
+    ``resolution`` maps each module that qualifies as a target to its output size, ``starts_at``
+    each module to the size of its input. A plain wrapper (``nn.Sequential(resnet)``,
+    ``self.model = resnet``) is one block whose output is the logits; a feature extractor holding
+    the stages outputs only the last resolution; a module used through its children is never
+    called: each hides the network's stages. Opening them, until nothing new appears, finds the
+    layers of the bare network, named under the wrapper. An ordinary block (a bottleneck, an
+    inverted residual, ShuffleNet's unit after a max-pool) reveals at most the resolution it
+    starts at, which is not opened for: its inside is not the main path.
+    """
+    opened: frozenset[str] = frozenset()
+    names = [n for n in resolution]
+    while True:
+        blocks = _blocks(model, opened)
+        found = {resolution[b] for b in blocks if b in resolution}
+        more = {b for b in blocks if b not in opened and any(
+            n.startswith(b + ".") and resolution[n] not in found and resolution[n] != starts_at.get(b)
+            for n in names)}
+        if not more:
+            return blocks
+        opened |= more
 
 
 def input_channels(model: nn.Module) -> int:
@@ -125,7 +155,10 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
       carries signed tensors (the linear bottlenecks of EfficientNet and MobileNet).
 
     A container whose output is the very tensor of its last child names the layer (``layer1``,
-    not ``layer1.2``).
+    not ``layer1.2``). A module wrapping the network's stages (``nn.Sequential(resnet)``, a
+    ``Wrapper`` whose forward calls ``self.model``, a backbone returning only its last map) is
+    looked into: the layers are those of the bare network, named under the wrapper
+    (``model.layer1``).
 
     Raises:
         ValueError: an unknown ``rule``, or a model without a 4-D activation that qualifies.
@@ -138,10 +171,14 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
     calls: dict[str, int] = {}
     order: list[str] = []
 
+    starts_at: dict[str, tuple[int, int]] = {}
+
     def record(name: str):
-        def fn(_module, _inputs, output):
+        def fn(_module, inputs, output):
             calls[name] = calls.get(name, 0) + 1
             outputs[name] = output
+            if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() == 4:
+                starts_at[name] = tuple(inputs[0].shape[-2:])
             if rule == "activations" and isinstance(output, torch.Tensor) and output.dim() == 4:
                 # checked now: in-place operations may change the tensor later in the pass
                 non_negative[name] = bool(output.min() >= 0)
@@ -157,18 +194,15 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
     def last_per_resolution(candidate) -> dict[tuple[int, int], str]:
         found: dict[tuple[int, int], str] = {}
         for name in order:  # completion order: later wins within a resolution
-            module, out = named[name], outputs[name]
-            if (not candidate(name) or calls[name] != 1 or isinstance(module, _POOLING + _PADDING)
-                    or not isinstance(out, torch.Tensor) or out.dim() != 4):
-                continue
-            h, w = out.shape[-2:]
-            if h * w == 1 or h_in % h or w_in % w:
-                continue
-            found.pop((h, w), None)
-            found[(h, w)] = name
+            if candidate(name) and _qualifies(name, named, outputs, calls, (h_in, w_in)):
+                size = tuple(outputs[name].shape[-2:])
+                found.pop(size, None)
+                found[size] = name
         return found
 
-    blocks = set(_blocks(model))
+    blocks = set(_open_wrappers(model, {
+        n: tuple(outputs[n].shape[-2:]) for n in order if _qualifies(n, named, outputs, calls, (h_in, w_in))},
+        starts_at))
     by_resolution = last_per_resolution(blocks.__contains__)
     if not by_resolution:
         raise ValueError(
@@ -188,6 +222,18 @@ def describe_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
             raise ValueError(f"layer strides must increase from input to output, got "
                              f"{finer.name} (/{finer.stride}) then {coarser.name} (/{coarser.stride})")
     return table
+
+
+def _qualifies(name: str, named: dict[str, nn.Module], outputs: dict[str, object], calls: dict[str, int],
+               input_size: tuple[int, int]) -> bool:
+    """A module run once whose output is a 4-D tensor, larger than 1x1, whose size divides the
+    input's, and that is not a pooling or padding module."""
+    out = outputs[name]
+    if (calls[name] != 1 or isinstance(named[name], _POOLING + _PADDING)
+            or not isinstance(out, torch.Tensor) or out.dim() != 4):
+        return False
+    h, w = out.shape[-2:]
+    return h * w > 1 and input_size[0] % h == 0 and input_size[1] % w == 0
 
 
 def find_target_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),

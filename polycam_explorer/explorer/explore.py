@@ -2,7 +2,6 @@
 appear as soon as their layers are probed, finished map sets are cached on disk."""
 from __future__ import annotations
 
-import io
 import os
 import queue
 import threading
@@ -17,7 +16,7 @@ from PIL import Image
 from .. import cache
 from ..layers import module_device
 from ..mapset import iter_mapset
-from ..models import ImageLike, as_classifier, load_image, load_model
+from ..models import ImageLike, as_classifier, load_image, load_model, open_image
 from .app import Explorer
 
 Images = Union[ImageLike, Sequence[ImageLike], Mapping[str, ImageLike], None]
@@ -140,6 +139,14 @@ def explore(images: Images = None, model: Optional[torch.nn.Module] = None, *,
 
 
 def upload_to_image(value) -> tuple[str, Image.Image]:
-    """The (name, PIL image) of the first file of an ipywidgets FileUpload value."""
+    """The (name, PIL image) of the first file of an ipywidgets FileUpload value, decoded as a file
+    is (:func:`polycam_explorer.models.open_image`: EXIF orientation applied, 16-bit kept for
+    :func:`load_image` to scale).
+
+    Raises:
+        ValueError: the upload is not an image (naming the file and the accepted formats), or is
+            too large to read safely.
+    """
     item = value[0]
-    return Path(item["name"]).stem, Image.open(io.BytesIO(bytes(item["content"]))).convert("RGB")
+    name = str(item.get("name") or "upload")
+    return Path(name).stem, open_image(bytes(item["content"]), name=name)
