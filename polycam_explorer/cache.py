@@ -1,8 +1,18 @@
-"""A disk cache of map sets, keyed by model, layers and image, so a second look is instant."""
+"""A disk cache of map sets, keyed by model, layers and image, so a second look is instant.
+
+The cache never loses work and never changes results: a cache folder that cannot be written (read
+only, a file in its place, a full disk) is a :class:`CacheWriteWarning` and the computed map set is
+returned; entries are read only in the current map-set format (fp16 scaled per channel and class,
+see :mod:`polycam_explorer.mapset_io`), so a cache hit gives the maps of a fresh sweep.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -11,6 +21,12 @@ import torch
 from .layers import module_device
 from .mapset import MapSet
 from .models import model_fingerprint
+
+MIN_FREE_BYTES = 1 << 20  # below this much free space, a map set (VGG16 at 224: ~10 MB) will not fit
+
+
+class CacheWriteWarning(RuntimeWarning):
+    """The map-set cache could not be written; the result was kept in memory only."""
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -40,20 +56,57 @@ def cached(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Ten
     path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
     if not path.is_file():
         return None
+    from .mapset_io import load_mapset
+
     try:
-        return MapSet.load(path, device=device, model=model)
-    except ValueError:
+        return load_mapset(path, device=device, model=model, current_version_only=True)
+    except (ValueError, OSError):
         return None
 
 
 def store(ms: MapSet, model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Tensor,
-          folder: str | os.PathLike | None = None) -> Path:
-    """Save a complete map set in the cache (fp16, atomically)."""
+          folder: str | os.PathLike | None = None) -> Optional[Path]:
+    """Save a complete map set in the cache (fp16, atomically): its path, or None with a
+    :class:`CacheWriteWarning` where the cache cannot be written (nothing partial is left).
+
+    Raises:
+        ValueError: ``ms`` is not complete, or holds NaN or infinite values.
+    """
     if not ms.complete:
         raise ValueError("only complete map sets are cached")
     path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
-    ms.save(path, fp16=True)
+    try:
+        ms.save(path, fp16=True)
+    except OSError as exc:
+        _warn_unwritable(path.parent, exc, "this map set was not cached")
+        return None
     return path
+
+
+def writable(folder: str | os.PathLike | None = None) -> bool:
+    """Whether the cache folder can take a map set now: it can be created, a file can be written in
+    it and it has room. Where it cannot, warns (:class:`CacheWriteWarning`) and returns False."""
+    folder = cache_dir(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        free = shutil.disk_usage(folder).free
+        if free < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free")
+    except OSError as exc:
+        _warn_unwritable(folder, exc, "the map set will be computed but not cached")
+        return False
+    return True
+
+
+def _warn_unwritable(folder: Path, exc: OSError, consequence: str) -> None:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError) or (exc.errno == errno.ENOTDIR):
+        reason = f"{reason} (a file stands where the folder should be)"
+    warnings.warn(f"cannot write the map-set cache in {str(folder)!r}: {reason}; {consequence} "
+                  "(set cache_dir or $POLYCAM_EXPLORER_CACHE to a writable folder)",
+                  CacheWriteWarning, stacklevel=3)
 
 
 def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Optional[Sequence[str]] = None,
@@ -68,10 +121,12 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
     x = load_image(image, model, size=size)
     ms = cached(model, layers, x, cache_dir, device)
     if ms is None:
+        can_write = writable(cache_dir)  # warns before the sweep; the sweep runs either way
         run_device = torch.device(device) if device is not None else module_device(model)
         ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
                             device=device, progress=progress)
-        store(ms, model, layers, x, cache_dir)
+        if can_write:
+            store(ms, model, layers, x, cache_dir)
     return ms
 
 

@@ -20,14 +20,22 @@ _UMASK = _umask()  # read once at import: os.umask can only be read by setting i
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file for writing; on success it replaces ``path``, on failure it is removed,
-    so no half-written file is ever left at ``path``. The file gets the permissions a plain
-    ``open(path, "wb")`` would give (the user's umask), not the temporary file's private 0600."""
+    so no half-written file is ever left at ``path`` nor beside it. The data reaches the disk
+    (``fsync``) before the rename, so a crash leaves the old file or the new one, whole; a full disk
+    surfaces as an ``OSError`` here, not as a truncated file later. The file gets the permissions a
+    plain ``open(path, "wb")`` would give (the user's umask), not the temporary file's private 0600.
+
+    Raises:
+        OSError: the folder cannot be created or written, or the disk is full (nothing is left).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:

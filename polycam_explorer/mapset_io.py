@@ -1,14 +1,45 @@
 """Saving and loading map sets as one ``.npz`` file: plain arrays and a JSON header, no pickle.
 
 Written to a temporary file beside the target, then renamed, so no half-written file is left.
-With ``fp16``, deletion scores are stored as ``s0 - S-`` (array ``dminus_l``), not as ``S-``: the
-PCAM- weights ``ReLU(s0 - S-)`` are often far smaller than fp16's rounding step near ``s0``.
+
+Format version 2 (written now):
+
+- ``header``: JSON text ``{format, version, layers, class_names, model_name, model_id, mean, std,
+  probed, stats, dtype}``.
+- ``image`` ``[1, C, H, W]`` and ``s0`` ``[N]``: always float32, so they round-trip exactly.
+- ``act_l`` ``[K, h, w]``, ``splus_l`` ``[K, N]`` and ``sminus_l`` ``[K, N]`` (fp32 files) or
+  ``dminus_l = s0 - S-`` (fp16 files: the PCAM- weights ``ReLU(s0 - S-)`` are often far smaller
+  than the rounding step of ``S-`` near ``s0``).
+- With ``fp16``, each of those arrays ``X`` is stored as float16 mantissas (array ``X``) plus int16
+  exponents ``X_exp``, one per channel for activations and one per class for scores, and for
+  activations a float32 offset ``X_off`` per channel (its minimum): ``X = X_off + X * 2 ** X_exp``.
+  Each slice's largest magnitude (after the offset) lands in ``[2**14, 2**15)``, so nothing
+  overflows fp16's 65504 and every value down to ``2**-29`` of its slice's largest stays a normal
+  fp16 number (relative error <= ``2**-11``): huge activations, tiny activations and probabilities
+  near 0 all keep their maps. The offset keeps channels that vary little around a large level
+  (whose normalised maps would magnify fp16's rounding) exact to ``2**-12`` of their range; scores
+  get none, so a zero weight stays exactly zero. (Plain fp16 casts turned values above 65504 into
+  inf, hence NaN maps, and flushed values below 6.1e-5 to zero.) An array whose encoding would
+  not come back finite is stored in float32 instead. Map sets holding NaN or inf are refused
+  when saving.
+
+Version 1 files (fp16 stored as plain casts, no exponents) are still read: fp32 ones exactly, fp16
+ones with a ``RuntimeWarning`` (values beyond fp16's range may have been lost when written), and
+any that hold inf or NaN are refused as corrupt. The disk cache (:mod:`polycam_explorer.cache`)
+reads only the current version, so its maps never depend on which version wrote an entry.
+
+Loading checks the header against one schema (types, lengths) and every array's dtype and shape
+before building the map set; any fault is a ``ValueError`` naming the file: "not a
+polycam-explorer map-set file" for other files, "corrupt map-set file" for damaged or edited ones.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -19,92 +50,332 @@ from torch import nn
 from .files import atomic_write
 
 FORMAT = "polycam-explorer/mapset"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # format versions this code reads
+_TOP = 15  # a slice's largest magnitude is stored in [2**(_TOP - 1), 2**_TOP)
+_EXP_RANGE = (-200, 200)  # float32 values need exponents in about -163..114
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
+# ----- saving ---------------------------------------------------------------------------------
 def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
-    """Write ``ms`` to ``path`` (compressed npz). ``fp16`` halves activations and scores."""
+    """Write ``ms`` to ``path`` (compressed npz). ``fp16`` halves activations and scores (scaled per
+    channel / per class, see the module docstring).
+
+    Raises:
+        ValueError: ``path`` does not end in ``.npz``; the map set holds NaN or infinite values.
+        OSError: the file cannot be written (nothing is left at ``path`` then).
+    """
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"map-set files end in .npz, got {str(path)!r}")
-    dtype = np.float16 if fp16 else np.float32
 
-    def arr(t: torch.Tensor) -> np.ndarray:
-        return t.detach().float().cpu().numpy().astype(dtype)
+    def f32(t: torch.Tensor, what: str) -> np.ndarray:
+        x = t.detach().float().cpu().numpy()
+        if not np.isfinite(x).all():
+            raise ValueError(f"cannot save the map set to {str(path)!r}: {what} holds NaN or infinite "
+                             "values, which would give wrong maps when loaded")
+        return x
 
+    arrays = {"image": f32(ms.image, "the image"), "s0": f32(ms.probs, "the probabilities s0")}
+    s0 = arrays["s0"].astype(np.float64)
+    stored = []
+    for i, (layer, act) in enumerate(zip(ms.layers, ms.activations)):
+        stored.append((f"act_{i}", f32(act, f"the activations of layer {layer!r}"), 0))
+        if ms._plus[i] is not None:
+            stored.append((f"splus_{i}", f32(ms._plus[i], f"S+ of layer {layer!r}"), 1))
+            minus = f32(ms._minus[i], f"S- of layer {layer!r}")
+            if fp16:
+                stored.append((f"dminus_{i}", s0[None] - minus, 1))
+            else:
+                stored.append((f"sminus_{i}", minus, 1))
+    for name, x, axis in stored:
+        if fp16:
+            offsets = _offsets(x) if name.startswith("act_") else None
+            mantissas, exps = _encode(x, axis, offsets)
+            if np.isfinite(_decode(mantissas, exps, axis, offsets)).all():
+                arrays[name], arrays[f"{name}_exp"] = mantissas, exps
+                if offsets is not None:
+                    arrays[f"{name}_off"] = offsets
+                continue
+        arrays[name] = x.astype(np.float32)
     header = {
         "format": FORMAT, "version": VERSION, "layers": ms.layers, "class_names": ms.class_names,
         "model_name": ms.model_name, "model_id": ms.model_id, "mean": list(ms.mean), "std": list(ms.std),
-        "probed": [p is not None for p in ms._plus], "stats": ms.stats, "dtype": np.dtype(dtype).name,
+        "probed": [p is not None for p in ms._plus], "stats": ms.stats,
+        "dtype": "float16" if fp16 else "float32",
     }
-    arrays = {"header": np.array(json.dumps(header)), "image": ms.image.detach().float().cpu().numpy(),
-              "s0": ms.probs.detach().float().cpu().numpy()}
-    for i, act in enumerate(ms.activations):
-        arrays[f"act_{i}"] = arr(act)
-        if ms._plus[i] is not None:
-            arrays[f"splus_{i}"] = arr(ms._plus[i])
-            if fp16:
-                arrays[f"dminus_{i}"] = arr(ms.probs.float()[None] - ms._minus[i].float())
-            else:
-                arrays[f"sminus_{i}"] = arr(ms._minus[i])
+    arrays["header"] = np.array(json.dumps(header))
     with atomic_write(path) as f:
         np.savez_compressed(f, **arrays)
 
 
+def _slice_shape(ndim: int, axis: int) -> list[int]:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return shape
+
+
+def _offsets(x: np.ndarray) -> np.ndarray:
+    """Per-channel minimum of ``[K, ...]`` activations (float32)."""
+    return x.reshape(x.shape[0], -1).min(axis=1).astype(np.float32) if x.size else np.zeros(x.shape[0], np.float32)
+
+
+def _encode(x: np.ndarray, axis: int, offsets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """fp16 mantissas and one power-of-two exponent per slice along ``axis`` (exact scaling),
+    after subtracting the slices' ``offsets`` if given."""
+    shape = _slice_shape(x.ndim, axis)
+    x = x.astype(np.float64)
+    if offsets is not None:
+        x = x - offsets.astype(np.float64).reshape(shape)
+    others = tuple(a for a in range(x.ndim) if a != axis)
+    peak = np.abs(x).max(axis=others) if x.size else np.zeros(x.shape[axis])
+    exps = (np.frexp(peak)[1] - _TOP).astype(np.int16)  # peak = m * 2**e, m in [0.5, 1)
+    mantissas = np.ldexp(x, -exps.astype(np.int32).reshape(shape))
+    return mantissas.astype(np.float16), exps
+
+
+def _decode(mantissas: np.ndarray, exps: np.ndarray, axis: int, offsets: np.ndarray | None = None) -> np.ndarray:
+    shape = _slice_shape(mantissas.ndim, axis)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.ldexp(mantissas.astype(np.float64), exps.astype(np.int32).reshape(shape))
+        if offsets is not None:
+            x = x + offsets.astype(np.float64).reshape(shape)
+        return x.astype(np.float32)
+
+
+# ----- loading --------------------------------------------------------------------------------
+class _Corrupt(Exception):
+    """What is wrong with a file that is ours but damaged (made a ValueError naming the file)."""
+
+
 def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None = None,
-                layers: Sequence[str] | None = None):
+                layers: Sequence[str] | None = None, current_version_only: bool = False):
     """Read a map-set file; refuse files that are not ours, damaged, or made with another model.
 
+    ``current_version_only`` refuses files of older format versions (the cache uses it).
+
     Raises:
-        ValueError: unreadable, truncated or foreign file; model or layers that do not match.
+        ValueError: unreadable, truncated, foreign, pickled or corrupt file; an unreadable format
+            version; model or layers that do not match.
     """
-    from .mapset import MapSet
     from .models import as_classifier, model_fingerprint
-    from .probes import LayerScores
 
     path = Path(path)
+    name = str(path)
+    target = torch.device(device) if device is not None else torch.device("cpu")
     if not path.is_file():
-        raise ValueError(f"map-set file {str(path)!r} does not exist")
+        raise ValueError(f"map-set file {name!r} does not exist")
+    arrays = _read_arrays(path)
+    header = _read_header(path, arrays)
+    version = header.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READS:
+        raise ValueError(f"{name!r} has map-set format version {version!r}; this polycam-explorer reads "
+                         f"version {' and '.join(map(str, READS))}")
+    if current_version_only and version != VERSION:
+        raise ValueError(f"{name!r} has the older map-set format version {version}; only version "
+                         f"{VERSION} is accepted here")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        header = json.loads(str(arrays.pop("header")))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{str(path)!r} is not a readable map-set file (truncated or damaged?): {exc}") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a polycam-explorer map-set file")
-    if header.get("version") != VERSION:
-        raise ValueError(f"{str(path)!r} has map-set format version {header.get('version')}; "
-                         f"this polycam-explorer reads version {VERSION}")
+        _check_header(header)
+    except _Corrupt as exc:
+        raise ValueError(f"corrupt map-set file {name!r}: {exc}") from None
     if model is not None:
         clf = as_classifier(model)
         if model_fingerprint(clf) != header["model_id"]:
-            raise ValueError(f"{str(path)!r} was made with model {header['model_name']!r} "
+            raise ValueError(f"{name!r} was made with model {header['model_name']!r} "
                              f"({header['model_id']}), not with the given {clf.name!r} "
                              f"({model_fingerprint(clf)}): recompute it with pe.compute_mapset")
     if layers is not None and list(layers) != header["layers"]:
-        raise ValueError(f"{str(path)!r} was made for layers {header['layers']}, not {list(layers)}")
+        raise ValueError(f"{name!r} was made for layers {header['layers']}, not {list(layers)}")
+    try:
+        ms = _build(header, arrays, version)
+    except _Corrupt as exc:
+        raise ValueError(f"corrupt map-set file {name!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - anything else the contents provoke is corruption too
+        raise ValueError(f"corrupt map-set file {name!r}: {type(exc).__name__}: {exc}") from exc
+    if version == 1 and header["dtype"] == "float16":
+        warnings.warn(f"{name!r} was written in map-set format version 1, whose fp16 storage lost values "
+                      "beyond fp16's range (below 6.1e-5, above 65504); its maps may differ from the "
+                      "computed ones: recompute it with pe.compute_mapset and save it again",
+                      RuntimeWarning, stacklevel=3)
+    return ms if target.type == "cpu" else ms.to(target)
 
-    def tensor(key: str) -> torch.Tensor:
-        if key not in arrays:
-            raise ValueError(f"{str(path)!r} lacks the array {key!r}: the file is incomplete")
-        return torch.from_numpy(arrays[key].astype(np.float32)).to(device or "cpu")
 
-    n_layers = len(header["layers"])
-    ms = MapSet(image=tensor("image"), layers=header["layers"],
-                activations=[tensor(f"act_{i}") for i in range(n_layers)], s0=tensor("s0"),
-                class_names=header["class_names"], model_name=header["model_name"],
-                model_id=header["model_id"], mean=header["mean"], std=header["std"], stats=header["stats"])
-    for i, probed in enumerate(header["probed"]):
-        if probed:
-            if f"dminus_{i}" in arrays:  # fp16 files: s0 - S-
-                s_minus = ms.probs[None] - tensor(f"dminus_{i}")
-            else:
-                s_minus = tensor(f"sminus_{i}")
-            scores = LayerScores(tensor(f"splus_{i}"), s_minus)
-            expected = (ms.activations[i].shape[0], ms.num_classes)
-            if tuple(scores.s_plus.shape) != expected or tuple(scores.s_minus.shape) != expected:
-                raise ValueError(f"{str(path)!r}: scores of layer {header['layers'][i]!r} have shape "
-                                 f"{tuple(scores.s_plus.shape)}, expected {expected}")
-            ms.set_scores(i, scores)
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz file, refusing non-npz files and pickled objects before reading any."""
+    name = str(path)
+    not_ours = f"{name!r} is not a polycam-explorer map-set file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise ValueError(f"{not_ours}: it is empty")
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{not_ours}: it holds a single NumPy array (.npy), not a map set (.npz)")
+    if not head.startswith(b"PK"):
+        raise ValueError(f"{not_ours}: it is not an .npz (zip) archive")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {m[:-4] if m.endswith(".npy") else m: m for m in zf.namelist()}
+            pickled, foreign = [], []
+            for key, member in members.items():
+                with zf.open(member) as f:
+                    try:
+                        version = np.lib.format.read_magic(f)
+                        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                  else np.lib.format.read_array_header_2_0)
+                        dtype = reader(f)[2]
+                    except ValueError:
+                        foreign.append(key)
+                        continue
+                if dtype.hasobject:
+                    pickled.append(key)
+            if foreign:
+                raise ValueError(f"{not_ours}: it is a zip archive whose members {foreign[:5]} are not "
+                                 "NumPy arrays")
+            if pickled:
+                raise ValueError(f"{name!r} is refused: it holds pickled Python objects (arrays "
+                                 f"{pickled[:5]}), and loading it could run code; polycam-explorer "
+                                 "map-set files hold plain arrays only")
+            if "header" not in members:
+                listed = ", ".join(sorted(members)[:8]) or "none"
+                raise ValueError(f"{not_ours}: it has no map-set header (its arrays: {listed})")
+            arrays = {}
+            for key, member in members.items():
+                with zf.open(member) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+            return arrays
+    except ValueError as exc:
+        if str(exc).startswith((not_ours, f"{name!r} is refused")):
+            raise
+        raise ValueError(f"{name!r} is not a readable map-set file (truncated or damaged?): {exc}") from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise ValueError(f"{name!r} is not a readable map-set file (truncated or damaged?): {exc}") from exc
+
+
+def _read_header(path: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """The parsed header if the file is ours; which kind of error if not."""
+    name = str(path)
+    ours = {"s0", "image"} <= set(arrays)  # where the header cannot say, the arrays do
+    raw = arrays.pop("header")
+    problem = None
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        problem = f"its header is not text (an array of dtype {raw.dtype}, shape {raw.shape})"
+    else:
+        try:
+            header = json.loads(str(raw))
+        except (ValueError, RecursionError) as exc:
+            problem = f"its header is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"
+        else:
+            if isinstance(header, dict):
+                if header.get("format") != FORMAT:
+                    raise ValueError(f"{name!r} is not a polycam-explorer map-set file (its header names "
+                                     f"the format {_short(header.get('format'))})")
+                return header
+            problem = f"its header is a JSON {type(header).__name__}, not an object"
+    if ours:
+        raise ValueError(f"corrupt map-set file {name!r}: {problem}")
+    raise ValueError(f"{name!r} is not a polycam-explorer map-set file: {problem}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _need(condition: bool, what: str) -> None:
+    if not condition:
+        raise _Corrupt(what)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, (str, bool)) or _is_number(v)
+
+
+_SCHEMA = {"layers": list, "class_names": list, "model_name": str, "model_id": str, "mean": list,
+           "std": list, "probed": list, "stats": dict, "dtype": str}
+_KINDS = {list: "a list", str: "a string", dict: "an object"}
+
+
+def _check_header(h: dict) -> None:
+    """The header's schema: every key present with its type; lengths that agree."""
+    missing = [k for k in _SCHEMA if k not in h]
+    _need(not missing, f"the header lacks {', '.join(map(repr, missing))}")
+    for key, kind in _SCHEMA.items():
+        _need(isinstance(h[key], kind), f"header {key!r} must be {_KINDS[kind]}, got {_short(h[key])}")
+    layers = h["layers"]
+    _need(len(layers) > 0 and all(isinstance(s, str) and s for s in layers),
+          f"header 'layers' must be a non-empty list of layer names, got {_short(layers)}")
+    _need(len(set(layers)) == len(layers), f"header 'layers' repeats a layer: {_short(layers)}")
+    _need(all(isinstance(p, bool) for p in h["probed"]) and len(h["probed"]) == len(layers),
+          f"header 'probed' must be {len(layers)} true/false values (one per layer), got {_short(h['probed'])}")
+    _need(len(h["class_names"]) > 0 and all(isinstance(s, str) for s in h["class_names"]),
+          f"header 'class_names' must be a non-empty list of strings, got {_short(h['class_names'])}")
+    for key in ("mean", "std"):
+        _need(len(h[key]) > 0 and all(_is_number(v) for v in h[key]),
+              f"header {key!r} must be a list of finite numbers, got {_short(h[key])}")
+    _need(len(h["mean"]) == len(h["std"]), f"header 'mean' has {len(h['mean'])} values, 'std' {len(h['std'])}")
+    _need(all(v > 0 for v in h["std"]), f"header 'std' must be positive, got {_short(h['std'])}")
+    for key, value in h["stats"].items():
+        _need(_is_scalar(value) or (isinstance(value, list) and all(_is_scalar(v) for v in value)),
+              f"header 'stats' entry {key!r} must be a number, string or flat list, got {_short(value)}")
+    _need(h["dtype"] in ("float16", "float32"), f"header 'dtype' must be 'float16' or 'float32', got {_short(h['dtype'])}")
+
+
+def _array(arrays: dict, name: str, ndim: int, axis: int | None, version: int) -> np.ndarray:
+    """One stored array as float32, decoded from fp16 mantissas and exponents where so stored."""
+    _need(name in arrays, f"the array {name!r} is missing: the file is incomplete")
+    x = arrays[name]
+    _need(x.dtype in _FLOATS, f"the array {name!r} has dtype {x.dtype}; map-set arrays are float16 or float32")
+    _need(x.ndim == ndim, f"the array {name!r} has shape {x.shape}; expected {ndim} dimensions")
+    if x.dtype == np.float16 and version >= 2 and axis is not None:
+        exps = arrays.get(f"{name}_exp")
+        _need(exps is not None, f"the fp16 array {name!r} lacks its exponents {name + '_exp'!r}")
+        _need(exps.dtype.kind in "iu" and exps.shape == (x.shape[axis],),
+              f"the exponents {name + '_exp'!r} must be {x.shape[axis]} integers, got dtype {exps.dtype}, "
+              f"shape {exps.shape}")
+        _need(exps.size == 0 or (_EXP_RANGE[0] <= exps.min() and exps.max() <= _EXP_RANGE[1]),
+              f"the exponents {name + '_exp'!r} are out of range")
+        offsets = arrays.get(f"{name}_off")
+        _need(offsets is None or (offsets.dtype in _FLOATS and offsets.shape == (x.shape[axis],)),
+              f"the offsets {name + '_off'!r} must be {x.shape[axis]} floats, got dtype "
+              f"{getattr(offsets, 'dtype', None)}, shape {getattr(offsets, 'shape', None)}")
+        x = _decode(x, exps, axis, offsets)
+    else:
+        x = x.astype(np.float32)
+    _need(bool(np.isfinite(x).all()), f"the array {name!r} holds NaN or infinite values")
+    return x
+
+
+def _build(h: dict, arrays: dict, version: int):
+    """A MapSet (on the CPU) from a header that passed the schema and arrays checked here."""
+    from .mapset import MapSet
+    from .probes import LayerScores
+
+    image = _array(arrays, "image", 4, None, version)
+    _need(image.shape[0] == 1 and image.shape[1] == len(h["mean"]),
+          f"the image has shape {image.shape}; expected [1, {len(h['mean'])}, H, W]")
+    s0 = _array(arrays, "s0", 1, None, version)
+    n = len(h["class_names"])
+    _need(s0.shape == (n,), f"s0 has {s0.shape[0]} probabilities for {n} class names")
+    acts = [_array(arrays, f"act_{i}", 3, 0, version) for i in range(len(h["layers"]))]
+    ms = MapSet(image=torch.from_numpy(image), layers=h["layers"], activations=[torch.from_numpy(a) for a in acts],
+                s0=torch.from_numpy(s0), class_names=h["class_names"], model_name=h["model_name"],
+                model_id=h["model_id"], mean=h["mean"], std=h["std"], stats=h["stats"])
+    for i, probed in enumerate(h["probed"]):
+        if not probed:
+            continue
+        expected = (acts[i].shape[0], n)
+        plus = _array(arrays, f"splus_{i}", 2, 1, version)
+        if f"dminus_{i}" in arrays:  # fp16 files: s0 - S-
+            minus = s0[None] - _array(arrays, f"dminus_{i}", 2, 1, version)
+        else:
+            minus = _array(arrays, f"sminus_{i}", 2, 1, version)
+        for key, scores in (("S+", plus), ("S-", minus)):
+            _need(scores.shape == expected, f"{key} of layer {h['layers'][i]!r} has shape {scores.shape}, "
+                                            f"expected {expected} (channels, classes)")
+        ms.set_scores(i, LayerScores(torch.from_numpy(plus), torch.from_numpy(np.ascontiguousarray(minus))))
     return ms
