@@ -12,6 +12,7 @@ import numbers
 import os
 import types
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -215,8 +216,20 @@ def _hash_tensor(tensor: torch.Tensor, digest, seen: dict[int, str], name: str) 
         digest.update(b"meta")
         return
     flat = data.reshape(-1).cpu().contiguous()
-    if flat.numel():
-        digest.update(flat.view(torch.uint8).numpy().data)
+    if not flat.numel():
+        return
+    buffer = flat.view(torch.uint8).numpy().data
+    if len(buffer) <= _CHUNK:
+        digest.update(buffer)
+        return
+    # a large tensor: the hashes of its fixed 8 MiB chunks, computed in threads (hashlib releases
+    # the GIL), in order: the same value on every machine and thread count
+    chunks = [buffer[i:i + _CHUNK] for i in range(0, len(buffer), _CHUNK)]
+    with ThreadPoolExecutor(max_workers=min(8, len(chunks), os.cpu_count() or 1)) as pool:
+        digest.update(b"".join(pool.map(lambda c: hashlib.sha256(c).digest(), chunks)))
+
+
+_CHUNK = 1 << 23
 
 
 def _describe(value: object, digest, seen: dict[int, str], name: str, depth: int = 0) -> object:
@@ -225,6 +238,8 @@ def _describe(value: object, digest, seen: dict[int, str], name: str, depth: int
         return value
     if isinstance(value, (torch.dtype, torch.Size)):
         return str(value)
+    if isinstance(value, type):
+        return ("class", value.__module__, value.__qualname__)
     if isinstance(value, torch.Tensor):
         _hash_tensor(value, digest, seen, name)
         return "tensor"
@@ -232,10 +247,11 @@ def _describe(value: object, digest, seen: dict[int, str], name: str, depth: int
         digest.update(np.ascontiguousarray(value).tobytes())
         return ("ndarray", value.dtype.str, value.shape)
     if depth < 4 and isinstance(value, (tuple, list, set, frozenset)):
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        items = sorted(value, key=_stable_repr) if isinstance(value, (set, frozenset)) else value
         return (type(value).__name__, *[_describe(v, digest, seen, name, depth + 1) for v in items])
     if depth < 4 and isinstance(value, dict):
-        return ("dict", *[(repr(k), _describe(v, digest, seen, name, depth + 1)) for k, v in value.items()])
+        return ("dict", *[(_stable_repr(k), _describe(v, digest, seen, name, depth + 1))
+                          for k, v in value.items()])
     if isinstance(value, types.MethodType):
         value = value.__func__
     if isinstance(value, functools.partial):
@@ -257,7 +273,7 @@ def _hash_function(function: types.FunctionType, digest, visited: set[int]) -> N
         return
     visited.add(id(function))
     _hash_code(function.__code__, digest)
-    digest.update(repr((function.__defaults__, function.__kwdefaults__)).encode())
+    digest.update(repr(_describe((function.__defaults__, function.__kwdefaults__), digest, {}, "defaults", 2)).encode())
     for cell in function.__closure__ or ():
         try:
             contents = cell.cell_contents
@@ -282,7 +298,16 @@ def _hash_code(code: types.CodeType, digest) -> None:
         if isinstance(const, types.CodeType):
             _hash_code(const, digest)
         else:
-            digest.update(repr(const).encode())
+            digest.update(_stable_repr(const).encode())
+
+
+def _stable_repr(value: object) -> str:
+    """``repr`` with sets sorted (their order changes with the interpreter's hash seed)."""
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}({sorted(_stable_repr(v) for v in value)})"
+    if isinstance(value, tuple):
+        return f"({', '.join(_stable_repr(v) for v in value)},)"
+    return repr(value)
 
 
 def load_model(name: str | None = None, weights: object = None, *, num_classes: int | None = None,

@@ -149,6 +149,52 @@ def test_one_weight_or_buffer_anywhere_changes_the_fingerprint() -> None:
     assert fp(net) != base
 
 
+def test_a_change_in_any_chunk_of_a_large_tensor_counts() -> None:
+    """Tensors over 8 MiB are hashed in chunks, in threads: every chunk counts, and the value
+    does not depend on the machine."""
+    net = nn.Linear(1500, 2000)  # 12 MB of weights: two chunks
+    base = fp(net)
+    assert fp(net) == base
+    for index in (3, net.weight.numel() - 5):
+        old = net.weight.view(-1)[index].item()
+        with torch.no_grad():
+            net.weight.view(-1)[index] = old + 1.0
+        assert fp(net) != base
+        with torch.no_grad():
+            net.weight.view(-1)[index] = old
+        assert fp(net) == base
+
+
+class SetInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.names = {"alpha", "beta", "gamma", "delta"}
+
+    def forward(self, x, mode: str = "alpha"):
+        return self.conv(x) * (2.0 if mode in {"beta", "gamma", "delta", "epsilon"} else 1.0)
+
+
+def test_the_fingerprint_is_the_same_in_every_process() -> None:
+    """No addresses, no set order (which follows the interpreter's hash seed) in the identity."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch; sys.path[:0] = [{tests!r}]; import polycam_explorer as pe; "
+            "from test_identity_inputs import SetInForward, TinyNet; torch.manual_seed(0); "
+            "print(pe.model_fingerprint(SetInForward()), pe.model_fingerprint(TinyNet()))"
+            ).format(tests=str(Path(__file__).parent))
+    seen = set()
+    for seed in ("1", "2"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             timeout=300, check=True)
+        seen.add(out.stdout.strip())
+    torch.manual_seed(0)
+    assert seen == {f"{fp(SetInForward())} {fp(TinyNet())}"}
+
+
 def test_non_persistent_buffers_and_plain_tensors_count() -> None:
     class Masked(nn.Module):
         def __init__(self, value: float) -> None:
