@@ -24,7 +24,8 @@ import torch
 
 import polycam_explorer as pe
 from polycam_explorer import polycam
-from polycam_explorer.layers import capture_activations, inference_state
+from polycam_explorer.layers import capture_activations
+from polycam_explorer.model_state import inference_state
 from polycam_explorer.models import probabilities
 from polycam_explorer.probes import plan_layer
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 import polycam_explorer as pe
-from polycam_explorer.layers import capture_activations, inference_state
+from polycam_explorer.layers import capture_activations
+from polycam_explorer.model_state import inference_state
 from polycam_explorer.mapset import MapSet
 from polycam_explorer.models import model_fingerprint, probabilities
 from polycam_explorer.probes import LayerScores
