@@ -53,14 +53,14 @@ def cache_key(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.
 def cached(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Tensor,
            folder: str | os.PathLike | None = None, device=None) -> Optional[MapSet]:
     """The cached map set for this model, layers and image, or None (a damaged file is ignored)."""
-    path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
-    if not path.is_file():
-        return None
     from .mapset_io import load_mapset
 
+    path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
     try:
+        if not path.is_file():
+            return None
         return load_mapset(path, device=device, model=model, current_version_only=True)
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # unreadable, damaged, older format or another model: a miss
         return None
 
 
@@ -69,8 +69,11 @@ def store(ms: MapSet, model: torch.nn.Module, layers: Optional[Sequence[str]], x
     """Save a complete map set in the cache (fp16, atomically): its path, or None with a
     :class:`CacheWriteWarning` where the cache cannot be written (nothing partial is left).
 
+    A map set that cannot be stored faithfully (NaN or infinite values) is not cached either, with
+    the same warning.
+
     Raises:
-        ValueError: ``ms`` is not complete, or holds NaN or infinite values.
+        ValueError: ``ms`` is not complete.
     """
     if not ms.complete:
         raise ValueError("only complete map sets are cached")
@@ -79,6 +82,9 @@ def store(ms: MapSet, model: torch.nn.Module, layers: Optional[Sequence[str]], x
         ms.save(path, fp16=True)
     except OSError as exc:
         _warn_unwritable(path.parent, exc, "this map set was not cached")
+        return None
+    except ValueError as exc:  # contents that no file can hold faithfully
+        warnings.warn(f"this map set was not cached: {exc}", CacheWriteWarning, stacklevel=2)
         return None
     return path
 

@@ -163,7 +163,12 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
 
     path = Path(path)
     name = str(path)
-    target = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        target = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}") from exc
+    if path.is_dir():
+        raise ValueError(f"{name!r} is a folder, not a map-set file")
     if not path.is_file():
         raise ValueError(f"map-set file {name!r} does not exist")
     arrays = _read_arrays(path)
@@ -205,8 +210,11 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of an npz file, refusing non-npz files and pickled objects before reading any."""
     name = str(path)
     not_ours = f"{name!r} is not a polycam-explorer map-set file"
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ValueError(f"map-set file {name!r} cannot be read: {exc.strerror or exc}") from exc
     if not head:
         raise ValueError(f"{not_ours}: it is empty")
     if head.startswith(b"\x93NUMPY"):

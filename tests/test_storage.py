@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 import polycam_explorer as pe
 from conftest import TinyNet
 from polycam_explorer import cache, mapset_io
+from polycam_explorer import mapset as mapset_module
 from polycam_explorer.probes import LayerScores
 
 VARIANTS = ("+", "-", "+-")
@@ -445,6 +447,16 @@ def test_foreign_files_are_named_as_such(tmp_path) -> None:
     np.savez_compressed(exported, panel0_saliency=np.zeros((16, 16), np.float32), image=np.array("cat"),
                         class_names=np.array(["cat"]))
     _not_ours(exported)
+    archive = tmp_path / "docs.npz"  # a zip of something else
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    _not_ours(archive, "zip")
+    png = tmp_path / "picture.npz"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    _not_ours(png)
+    text_header = tmp_path / "text_header.npz"  # a text header that is not JSON, nothing of ours
+    np.savez(text_header, header=np.array("made by another tool"), data=np.zeros(4))
+    _not_ours(text_header)
     json_header = tmp_path / "json.npz"  # a header, but someone else's
     np.savez(json_header, header=np.array(json.dumps({"format": "other/tool", "version": 1})))
     _not_ours(json_header)
@@ -622,3 +634,41 @@ def test_zero_weights_stay_exactly_zero(base, tmp_path) -> None:
     for i in range(len(ms.layers)):
         assert torch.equal(loaded.weights(0, "-", i), torch.zeros_like(loaded.weights(0, "-", i)))
     assert_faithful(loaded, ms)
+
+
+def test_a_map_set_that_cannot_be_stored_faithfully_is_returned_with_a_warning(tmp_path, monkeypatch) -> None:
+    model = tiny_classifier()
+    real = mapset_module.compute_mapset
+
+    def with_nan(*args, **kwargs):
+        ms = real(*args, **kwargs)
+        ms.activations[0] = ms.activations[0].clone()
+        ms.activations[0][0, 0, 0] = float("nan")
+        return ms
+
+    monkeypatch.setattr(mapset_module, "compute_mapset", with_nan)
+    with pytest.warns(cache.CacheWriteWarning, match="NaN or infinite"):
+        ms = pe.mapset_for(IMAGE, model, cache_dir=tmp_path, progress=False)
+    assert ms.complete and os.listdir(tmp_path) == []
+
+
+def test_an_unreadable_cache_is_a_miss(tmp_path, monkeypatch) -> None:
+    model, x = tiny_classifier(), tiny_input()
+
+    def denied(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    assert cache.cached(model, None, x, tmp_path) is None
+
+
+def test_load_names_a_bad_device(base, tmp_path) -> None:
+    base.save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="device"):
+        pe.MapSet.load(tmp_path / "m.npz", device="gpu7")
+
+
+def test_a_folder_is_not_a_map_set_file(tmp_path) -> None:
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="folder"):
+        pe.MapSet.load(tmp_path / "dir.npz")
