@@ -215,18 +215,18 @@ def _hash_tensor(tensor: torch.Tensor, digest, seen: dict[int, str], name: str) 
     if data.is_meta:
         digest.update(b"meta")
         return
-    flat = data.reshape(-1).cpu().contiguous()
+    flat = data.reshape(-1).contiguous().view(torch.uint8)  # on its device: bytes in logical order
     if not flat.numel():
         return
-    buffer = flat.view(torch.uint8).numpy().data
-    if len(buffer) <= _CHUNK:
-        digest.update(buffer)
+    if flat.numel() <= _CHUNK:
+        digest.update(flat.cpu().numpy().data)
         return
-    # a large tensor: the hashes of its fixed 8 MiB chunks, computed in threads (hashlib releases
-    # the GIL), in order: the same value on every machine and thread count
-    chunks = [buffer[i:i + _CHUNK] for i in range(0, len(buffer), _CHUNK)]
+    # a large tensor: the hashes of its fixed 8 MiB chunks, each copied to the host and hashed in
+    # a thread (both release the GIL), in order: the same value on every device, machine and
+    # thread count
+    chunks = [flat[i:i + _CHUNK] for i in range(0, flat.numel(), _CHUNK)]
     with ThreadPoolExecutor(max_workers=min(8, len(chunks), os.cpu_count() or 1)) as pool:
-        digest.update(b"".join(pool.map(lambda c: hashlib.sha256(c).digest(), chunks)))
+        digest.update(b"".join(pool.map(lambda c: hashlib.sha256(c.cpu().numpy().data).digest(), chunks)))
 
 
 _CHUNK = 1 << 23
