@@ -63,12 +63,26 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
     channel / per class, see the module docstring).
 
     Raises:
-        ValueError: ``path`` does not end in ``.npz``; the map set holds NaN or infinite values.
+        ValueError: ``path`` does not end in ``.npz``; the map set holds NaN or infinite values, or
+            names, statistics or normalisation that the file's header cannot hold (nothing is
+            written: a file that loading would refuse is never written).
         OSError: the file cannot be written (nothing is left at ``path`` then).
     """
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"map-set files end in .npz, got {str(path)!r}")
+
+    header = {
+        "format": FORMAT, "version": VERSION, "layers": ms.layers, "class_names": ms.class_names,
+        "model_name": ms.model_name, "model_id": ms.model_id, "mean": list(ms.mean), "std": list(ms.std),
+        "probed": [p is not None for p in ms._plus], "stats": ms.stats,
+        "dtype": "float16" if fp16 else "float32",
+    }
+    try:  # never write a file that loading would refuse
+        text = json.dumps(header, default=_plain)
+        _check_header(json.loads(text))
+    except (_Corrupt, TypeError, ValueError) as exc:
+        raise ValueError(f"cannot save the map set to {str(path)!r}: {exc}") from None
 
     def f32(t: torch.Tensor, what: str) -> np.ndarray:
         x = t.detach().float().cpu().numpy()
@@ -83,6 +97,11 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
     for i, (layer, act) in enumerate(zip(ms.layers, ms.activations)):
         stored.append((f"act_{i}", f32(act, f"the activations of layer {layer!r}"), 0))
         if ms._plus[i] is not None:
+            expected = (act.shape[0] if act.dim() else 0, arrays["s0"].shape[0] if arrays["s0"].ndim else 0)
+            shapes = (tuple(ms._plus[i].shape), tuple(ms._minus[i].shape))
+            if shapes != (expected, expected):
+                raise ValueError(f"cannot save the map set to {str(path)!r}: the scores (S+, S-) of layer "
+                                 f"{layer!r} have shapes {shapes}, expected {expected} (channels, classes)")
             stored.append((f"splus_{i}", f32(ms._plus[i], f"S+ of layer {layer!r}"), 1))
             minus = f32(ms._minus[i], f"S- of layer {layer!r}")
             if fp16:
@@ -99,15 +118,22 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
                     arrays[f"{name}_off"] = offsets
                 continue
         arrays[name] = x.astype(np.float32)
-    header = {
-        "format": FORMAT, "version": VERSION, "layers": ms.layers, "class_names": ms.class_names,
-        "model_name": ms.model_name, "model_id": ms.model_id, "mean": list(ms.mean), "std": list(ms.std),
-        "probed": [p is not None for p in ms._plus], "stats": ms.stats,
-        "dtype": "float16" if fp16 else "float32",
-    }
-    arrays["header"] = np.array(json.dumps(header))
+    try:  # the arrays as loading will check them (shapes, dtypes, decoded values)
+        _build(json.loads(text), arrays, VERSION)
+    except _Corrupt as exc:
+        raise ValueError(f"cannot save the map set to {str(path)!r}: {exc}") from None
+    arrays["header"] = np.array(text)
     with atomic_write(path) as f:
         np.savez_compressed(f, **arrays)
+
+
+def _plain(value):
+    """JSON for NumPy and one-element torch scalars in the header (``stats`` may hold them)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    raise TypeError(f"a {type(value).__name__} ({_short(value)}) cannot be stored in a map-set header")
 
 
 def _slice_shape(ndim: int, axis: int) -> list[int]:
@@ -300,7 +326,7 @@ def _is_number(v) -> bool:
 
 
 def _is_scalar(v) -> bool:
-    return v is None or isinstance(v, (str, bool)) or _is_number(v)
+    return v is None or isinstance(v, (str, bool, int, float))
 
 
 _SCHEMA = {"layers": list, "class_names": list, "model_name": str, "model_id": str, "mean": list,
@@ -331,6 +357,11 @@ def _check_header(h: dict) -> None:
         _need(_is_scalar(value) or (isinstance(value, list) and all(_is_scalar(v) for v in value)),
               f"header 'stats' entry {key!r} must be a number, string or flat list, got {_short(value)}")
     _need(h["dtype"] in ("float16", "float32"), f"header 'dtype' must be 'float16' or 'float32', got {_short(h['dtype'])}")
+
+
+def _check_image(shape: tuple, channels: int) -> None:
+    _need(len(shape) == 4 and shape[0] == 1 and shape[1] == channels,
+          f"the image has shape {tuple(shape)}; expected [1, {channels}, H, W] (one value of 'mean' per channel)")
 
 
 def _array(arrays: dict, name: str, ndim: int, axis: int | None, version: int) -> np.ndarray:
@@ -364,8 +395,7 @@ def _build(h: dict, arrays: dict, version: int):
     from .probes import LayerScores
 
     image = _array(arrays, "image", 4, None, version)
-    _need(image.shape[0] == 1 and image.shape[1] == len(h["mean"]),
-          f"the image has shape {image.shape}; expected [1, {len(h['mean'])}, H, W]")
+    _check_image(image.shape, len(h["mean"]))
     s0 = _array(arrays, "s0", 1, None, version)
     n = len(h["class_names"])
     _need(s0.shape == (n,), f"s0 has {s0.shape[0]} probabilities for {n} class names")

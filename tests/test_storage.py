@@ -672,3 +672,27 @@ def test_a_folder_is_not_a_map_set_file(tmp_path) -> None:
     (tmp_path / "dir.npz").mkdir()
     with pytest.raises(ValueError, match="folder"):
         pe.MapSet.load(tmp_path / "dir.npz")
+
+
+def test_save_never_writes_a_file_that_load_would_refuse(base, tmp_path) -> None:
+    ms = scaled(base)
+    ms.stats = dict(ms.stats, batch=np.int64(16), seconds=torch.tensor(1.5), note=None, missing=float("nan"))
+    ms.save(tmp_path / "ok.npz", fp16=True)  # NumPy/torch scalars are stored as numbers
+    loaded = pe.MapSet.load(tmp_path / "ok.npz")
+    assert loaded.stats["batch"] == 16 and loaded.stats["seconds"] == 1.5
+    for attribute, value, word in [("class_names", list(range(5)), "class_names"),
+                                   ("stats", {"x": object()}, "object"),
+                                   ("stats", {"x": {"deep": [1]}}, "stats"),
+                                   ("std", (0.5, 0.0, 0.5), "std"),
+                                   ("model_name", None, "model_name"),
+                                   ("mean", (0.5, 0.5), "mean"),
+                                   ("image", torch.zeros(3, 16, 16), "image"),
+                                   ("activations", [torch.zeros(4, 16), torch.zeros(6, 8, 8),
+                                                    torch.zeros(8, 4, 4)], "act_0"),
+                                   ("probs", torch.full((4,), 0.25), "classes")]:
+        bad = scaled(base)
+        setattr(bad, attribute, value)
+        with pytest.raises(ValueError, match=word) as info:
+            bad.save(tmp_path / "bad.npz", fp16=True)
+        assert "bad.npz" in str(info.value)
+        assert not (tmp_path / "bad.npz").exists()
