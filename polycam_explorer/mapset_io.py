@@ -30,7 +30,9 @@ reads only the current version, so its maps never depend on which version wrote 
 
 Loading checks the header against one schema (types, lengths) and every array's dtype and shape
 before building the map set; any fault is a ``ValueError`` naming the file: "not a
-polycam-explorer map-set file" for other files, "corrupt map-set file" for damaged or edited ones.
+polycam-explorer map-set file" for other files, "corrupt map-set file" for damaged or edited ones,
+and a refusal that says loading could run code for files holding pickled objects. Saving runs the
+same checks first, so a file that loading would refuse is never written.
 """
 from __future__ import annotations
 
