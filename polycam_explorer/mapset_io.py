@@ -187,7 +187,7 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
         ValueError: unreadable, truncated, foreign, pickled or corrupt file; an unreadable format
             version; model or layers that do not match.
     """
-    from .models import as_classifier, model_fingerprint
+    from .models import Classifier, as_classifier, model_fingerprint
 
     path = Path(path)
     name = str(path)
@@ -218,6 +218,13 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
             raise ValueError(f"{name!r} was made with model {header['model_name']!r} "
                              f"({header['model_id']}), not with the given {clf.name!r} "
                              f"({model_fingerprint(clf)}): recompute it with pe.compute_mapset")
+        # the fingerprint covers the network; the preprocessing is the Classifier's (a bare network
+        # has only guessed defaults, so it is compared only when a Classifier was given)
+        if isinstance(model, Classifier) and not np.allclose(
+                [*clf.mean, *clf.std], [*header["mean"], *header["std"]], rtol=0, atol=1e-6):
+            raise ValueError(f"{name!r} was made with the normalisation mean={header['mean']}, "
+                             f"std={header['std']}, not with the given model's mean={list(clf.mean)}, "
+                             f"std={list(clf.std)}: recompute it with pe.compute_mapset")
     if layers is not None and list(layers) != header["layers"]:
         raise ValueError(f"{name!r} was made for layers {header['layers']}, not {list(layers)}")
     try:

@@ -696,3 +696,15 @@ def test_save_never_writes_a_file_that_load_would_refuse(base, tmp_path) -> None
             bad.save(tmp_path / "bad.npz", fp16=True)
         assert "bad.npz" in str(info.value)
         assert not (tmp_path / "bad.npz").exists()
+
+
+def test_load_refuses_a_classifier_with_other_preprocessing(tmp_path, tiny_model, tiny_x) -> None:
+    """The fingerprint covers the network; a Classifier's mean and std are compared too."""
+    ms = pe.compute_mapset(tiny_model, tiny_x, progress=False)
+    path = tmp_path / "a.mapset.npz"
+    ms.save(path)
+    assert pe.MapSet.load(path, model=tiny_model).model_id == ms.model_id
+    assert pe.MapSet.load(path, model=tiny_model.net).model_id == ms.model_id  # bare net: no preprocessing
+    other = pe.Classifier(tiny_model.net, name="tiny", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    with pytest.raises(ValueError, match="normalisation mean="):
+        pe.MapSet.load(path, model=other)
