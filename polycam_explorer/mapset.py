@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import polycam
+from . import backends, polycam
 from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .models import as_classifier, model_fingerprint, probabilities
-from .probes import LayerScores, sweep
+from .probes import LayerScores, plan_layer, precision_agreement, sweep
 
 CACHE_SIZE = 128
 
@@ -225,14 +225,15 @@ def _integer(value: object, name: str) -> int:
 
 def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
                 batch_size: int = 64, device: torch.device | str | None = None,
-                progress: bool | Callable[[int, int], None] = True, cancel: object | None = None
-                ) -> Iterator[MapSet]:
+                progress: bool | Callable[[int, int], None] = True, cancel: object | None = None,
+                backend: str = "auto", precision: str = "fp32") -> Iterator[MapSet]:
     """Run the sweep and yield the same MapSet after each layer is probed, coarsest first.
 
     The first yield already allows depth 1; the last has ``complete`` True. Stopping early (or
     ``cancel`` being set, which raises :class:`SweepCancelled`) leaves a map set that says it is
     incomplete. Arguments as :func:`compute_mapset`.
     """
+    backend, precision = backends.check_backend(backend, precision)
     clf = as_classifier(model)
     x = _check_input(x, clf)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -255,7 +256,16 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     ms = MapSet(image=image, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
                 class_names=_class_names(clf, s0.shape[0]), model_name=clf.name,
                 model_id=model_fingerprint(clf), mean=clf.mean, std=clf.std)
-    steps = sweep(net, x, ms.activations, s0, batch_size=batch_size, cancel=cancel, progress=progress)
+    plans = [plan_layer(a) for a in ms.activations]
+    with inference_state(net):
+        runner = backends.runner_for(net, x, backend=backend, precision=precision, batch_size=batch_size,
+                                     fingerprint=ms.model_id, probes=1 + sum(p.probes for p in plans))
+        if runner.name != "eager":  # s0 from the same path as the probes: PCAM-'s s0 - S- stays exact
+            s0 = probabilities(runner(x))[0]
+            ms.probs = s0
+    ms.stats.update(backend=runner.name, precision=runner.precision, backend_setup_s=round(runner.setup_s, 3))
+    steps = sweep(runner, x, ms.activations, s0, batch_size=batch_size, cancel=cancel, progress=progress,
+                  plans=plans)
     try:
         while True:
             # the model is frozen and gradients are off only while a layer is probed, never while
@@ -266,6 +276,8 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
                 return
             index, scores, counts = step
             _warn_if_not_finite(scores, layers[index], clf.name)
+            if runner.precision == "bf16":
+                _check_precision(ms, net, x, index, plans[index], scores, batch_size)
             ms.set_scores(index, scores)
             ms.stats.update(counts, batch_size=batch_size)
             yield ms
@@ -275,7 +287,8 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
 def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
                    batch_size: int = 64, device: torch.device | str | None = None,
                    progress: bool | Callable[[int, int], None] = True, cancel: object | None = None,
-                   on_layer: Callable[[MapSet, str], None] | None = None) -> MapSet:
+                   on_layer: Callable[[MapSet, str], None] | None = None, backend: str = "auto",
+                   precision: str = "fp32") -> MapSet:
     """One probe sweep over ``x`` -> a complete :class:`MapSet` (every class, variant and depth).
 
     Args:
@@ -289,17 +302,44 @@ def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
         cancel: a ``threading.Event`` or a callable; when set, :class:`SweepCancelled` is raised.
         on_layer: called as ``on_layer(mapset, layer_name)`` after each layer, coarsest first,
             with the partial map set (depths up to ``mapset.depth_available`` are ready).
+        backend: how the probes' forward passes run (:mod:`polycam_explorer.backends`):
+            ``"auto"`` (fastest exact path: ONNX Runtime where installed and faster, else
+            channels_last), ``"eager"`` (plain ``model(x)``), ``"channels_last"``, ``"compile"``
+            or ``"onnxruntime"``. Every fp32 path gives the eager maps (r >= 0.9999). The path
+            used is ``mapset.stats["backend"]``.
+        precision: ``"fp32"``, or ``"bf16"`` (opt-in, faster on CPUs with bf16 units): its
+            agreement with fp32 is measured on the image (``mapset.stats["precision_agreement"]``)
+            and a :class:`backends.PrecisionWarning` is issued below 0.999.
 
     Raises:
-        ValueError / TypeError: bad image, model, layers or batch size, naming what is accepted.
+        ValueError / TypeError: bad image, model, layers, batch size, backend or precision, naming
+            what is accepted.
         SweepCancelled: when ``cancel`` is set.
     """
     ms = None
     for ms in iter_mapset(model, x, layers, batch_size=batch_size, device=device, progress=progress,
-                          cancel=cancel):
+                          cancel=cancel, backend=backend, precision=precision):
         if on_layer is not None:
             on_layer(ms, ms.layers[len(ms.layers) - ms.depth_available])
     return ms
+
+
+def _check_precision(ms: MapSet, net: nn.Module, x: torch.Tensor, index: int, plan, scores: LayerScores,
+                     batch_size: int) -> None:
+    """Measure a bf16 sweep against fp32 on each layer as it is probed
+    (:func:`probes.precision_agreement`: its 32 highest-energy masks again in fp32, about 3% more
+    passes); keep the smallest r in ``ms.stats["precision_agreement"]`` and warn, once, when it
+    falls below :data:`backends.MIN_BF16_AGREEMENT`."""
+    reference = backends.runner_for(net, x, backend="channels_last", batch_size=batch_size,
+                                    fingerprint=ms.model_id)
+    r = precision_agreement(reference, x, ms.activations[index], plan, scores, ms.probs, batch_size=batch_size)
+    before = ms.stats.get("precision_agreement", 1.0)
+    ms.stats["precision_agreement"] = round(min(before, r), 6)
+    if r < backends.MIN_BF16_AGREEMENT <= before:
+        warnings.warn(f"precision='bf16' maps of this image agree with fp32 at r = {r:.4f} only (layer "
+                      f"{ms.layers[index]!r}, top-3 classes, its highest-energy channels; below "
+                      f"{backends.MIN_BF16_AGREEMENT}): use precision='fp32' for exact maps",
+                      backends.PrecisionWarning, stacklevel=4)
 
 
 def _warn_if_not_finite(scores: LayerScores, layer: str, model_name: str) -> None:

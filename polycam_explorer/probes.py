@@ -62,12 +62,13 @@ def _cancelled(cancel: CancelFlag | object | None) -> bool:
     return bool(is_set() if is_set is not None else cancel())
 
 
-def probe_layer(net: nn.Module, x: torch.Tensor, plan: LayerPlan, s0: torch.Tensor,
+def probe_layer(net: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, plan: LayerPlan, s0: torch.Tensor,
                 f_zero: torch.Tensor, *, batch_size: int, cancel: object | None = None,
                 on_batch: Callable[[int], None] | None = None) -> LayerScores:
     """Run the layer's distinct probes in batches of at most ``batch_size`` images.
 
-    Probe ``j`` is mask ``j // 2``, insertion when ``j`` is even, deletion when odd.
+    Probe ``j`` is mask ``j // 2``, insertion when ``j`` is even, deletion when odd. ``net`` is the
+    model or a :class:`backends.Runner` (anything mapping a batch to logits).
 
     Raises:
         SweepCancelled: when ``cancel`` is set between two batches.
@@ -96,19 +97,22 @@ def probe_layer(net: nn.Module, x: torch.Tensor, plan: LayerPlan, s0: torch.Tens
     return LayerScores(s_plus, s_minus)
 
 
-def sweep(net: nn.Module, x: torch.Tensor, acts: Sequence[torch.Tensor], s0: torch.Tensor, *,
+def sweep(net: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+          acts: Sequence[torch.Tensor], s0: torch.Tensor, *,
           batch_size: int = 64, cancel: object | None = None,
           progress: bool | Callable[[int, int], None] = True,
+          plans: Sequence[LayerPlan] | None = None,
           ) -> Iterator[tuple[int, LayerScores, dict[str, int]]]:
     """Probe the layers coarsest first; yield ``(layer_index, scores, counts)`` as each finishes.
 
     ``acts`` are the layers' activations ``[K, h, w]``, fine -> coarse. ``counts`` holds the
     forward passes run so far and the naive count (two per channel) for the layers done.
     ``progress`` is True for a tqdm bar, or a callable ``(done, total)`` called after each batch.
+    ``net`` is the model or a :class:`backends.Runner`; ``plans`` the layers' plans if already made.
     """
     from tqdm.auto import tqdm
 
-    plans = [plan_layer(a) for a in acts]
+    plans = list(plans) if plans is not None else [plan_layer(a) for a in acts]
     total = 1 + sum(p.probes for p in plans)
     counts = {"forward_passes": 0, "naive_passes": 0}
     report = progress if callable(progress) else None
@@ -128,3 +132,53 @@ def sweep(net: nn.Module, x: torch.Tensor, acts: Sequence[torch.Tensor], s0: tor
                                  cancel=cancel, on_batch=advance)
             counts["naive_passes"] += 2 * acts[index].shape[0]
             yield index, scores, dict(counts)
+
+
+def subset_plan(plan: LayerPlan, keep: torch.Tensor) -> LayerPlan:
+    """``plan`` restricted to the distinct masks ``keep`` (indices into ``plan.unique``, in probe
+    order); every other channel is treated as an all-zero mask (``-1``)."""
+    remap = torch.full((plan.unique.shape[0],), -1, dtype=torch.long, device=plan.inverse.device)
+    remap[keep] = torch.arange(keep.numel(), device=remap.device)
+    inverse = torch.where(plan.inverse >= 0, remap[plan.inverse.clamp(min=0)], plan.inverse)
+    return LayerPlan(plan.unique[keep], inverse)
+
+
+def energy_order(acts: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
+    """The layer's distinct masks ordered by decreasing activation energy ``sum (A^k)^2`` of the
+    strongest channel using each: channels with large activations dominate ``sum_k w_k A^k``
+    whatever their weights (which are probabilities, at most 1), so probing them first front-loads
+    the largest terms of the map."""
+    energy = acts.float().pow(2).flatten(1).sum(1)
+    best = torch.zeros(plan.unique.shape[0], device=energy.device)
+    used = plan.inverse >= 0
+    best.scatter_reduce_(0, plan.inverse[used], energy[used], reduce="amax")
+    return torch.argsort(best, descending=True, stable=True)
+
+
+def precision_agreement(reference: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                        acts: torch.Tensor, plan: LayerPlan, scores: LayerScores, s0: torch.Tensor, *,
+                        batch_size: int, n_masks: int = 32) -> float:
+    """How well a reduced-precision sweep of one layer agrees with ``reference`` (fp32).
+
+    Cheap by design: the ``n_masks`` distinct masks of highest activation energy are probed again
+    with ``reference`` (with ``s0`` and ``f(0)`` in fp32 too), and the layer's CAM
+    restricted to those channels is made from both score sets for PCAM+, PCAM- and PCAM±, for the
+    three most probable classes. Returns the smallest Pearson r of the nine (PCAM-'s ``s0 - S-`` is
+    the sensitive one). An estimate: the recursion can amplify differences at greater depths.
+    """
+    from .backends import pearson
+    from .polycam import VARIANTS, channel_weights, layer_cam
+
+    keep = energy_order(acts, plan)[:n_masks]
+    sub = subset_plan(plan, keep)
+    both = probabilities(reference(torch.cat([x, torch.zeros_like(x)])))
+    s0_ref, f_zero_ref = both[0], both[1]
+    ref = probe_layer(reference, x, sub, s0_ref, f_zero_ref, batch_size=batch_size)
+    channels = sub.inverse >= 0
+    worst = 1.0
+    for c in torch.topk(s0_ref, min(3, s0_ref.numel())).indices.tolist():
+        for variant in VARIANTS:
+            w_ref = channel_weights(variant, s0_ref[c], ref.s_plus[channels, c], ref.s_minus[channels, c])
+            w_low = channel_weights(variant, s0[c], scores.s_plus[channels, c], scores.s_minus[channels, c])
+            worst = min(worst, pearson(layer_cam(acts[channels], w_ref), layer_cam(acts[channels], w_low)))
+    return worst

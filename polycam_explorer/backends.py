@@ -1,0 +1,317 @@
+"""How the probe sweep's forward passes run: eager, channels_last, compiled or an exported graph.
+
+The sweep is thousands of forward passes of one network on one input size; PyTorch eager fp32 is
+far from what a CPU can do for that. A *runner* takes a batch ``N x C x H x W`` and returns the
+network's logits (float32), computed one of these ways:
+
+- ``"eager"``: ``net(x)`` on the user's model, exactly today's path.
+- ``"channels_last"``: a copy of the network in channels_last memory format, under
+  ``torch.inference_mode``.
+- ``"compile"``: that copy through ``torch.compile(dynamic=False)``; batches are padded to the
+  sweep's batch size so the graph is compiled once per model, input size and batch size (cached
+  in memory for the process; the first call pays the compile, 20-30 s for EfficientNet-Lite0 on
+  2 CPU cores).
+- ``"onnxruntime"``: the network exported once (``torch.onnx.export``, batch dimension dynamic)
+  and run by ONNX Runtime; needs the ``fast`` extra (``pip install polycam-explorer[fast]``).
+  The exported graph is cached in memory and on disk under the map-set cache folder, keyed by
+  :func:`model_fingerprint`, input size and torch version, so later processes skip the export.
+- ``"auto"`` (the default): on a CPU, ONNX Runtime where it is installed, the export succeeds
+  and one timed batch shows it faster than channels_last; else channels_last. On a GPU,
+  channels_last. Sweeps under :data:`AUTO_EXPORT_MIN_PROBES` passes (tiny models, small inputs)
+  and models that are not float32 run eager: there is nothing to win there.
+
+Exactness: every fp32 runner gives logits equal to eager's up to float rounding (maps at Pearson
+r >= 0.9999, tests/test_backends.py). ``precision="bf16"`` (opt-in, channels_last/compile under
+CPU bf16 autocast) is faster and less exact; the sweep measures its agreement on the image and
+warns (:class:`PrecisionWarning`) below :data:`MIN_BF16_AGREEMENT` (see :func:`bf16_agreement`).
+The user's model is never modified: every runner but eager works on a copy.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+MIN_BF16_AGREEMENT = 0.999
+AUTO_EXPORT_MIN_PROBES = 512  # below this many probes a first export (~6 s) costs more than it saves
+RUNNER_CACHE_SIZE = 4
+
+
+class PrecisionWarning(RuntimeWarning):
+    """A reduced-precision sweep gave maps that agree with fp32 below the accepted level."""
+
+
+class BackendFallbackWarning(RuntimeWarning):
+    """``backend="auto"`` could not use its first choice and fell back to a slower exact path."""
+
+
+def installed() -> list[str]:
+    """The backends this environment can run (``onnxruntime`` needs onnxruntime, onnx, onnxscript)."""
+    names = ["eager", "channels_last"]
+    if hasattr(torch, "compile"):
+        names.append("compile")
+    if all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript")):
+        names.append("onnxruntime")
+    return names
+
+
+def check_backend(backend: object, precision: object = "fp32") -> tuple[str, str]:
+    """Validate ``backend`` and ``precision``; ``(backend, precision)``.
+
+    Raises:
+        ValueError: an unknown name (listing what is accepted and what is installed), a backend
+            that is not installed, or bf16 with a backend that has no bf16 path.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r} "
+                         f"(installed here: {installed()})")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if backend not in ("auto",) and backend not in installed():
+        raise ValueError(f"backend {backend!r} is not installed here (installed: {installed()}); "
+                         "pip install 'polycam-explorer[fast]' adds onnxruntime")
+    if precision == "bf16" and backend in ("eager", "onnxruntime"):
+        raise ValueError(f"precision='bf16' runs on the 'channels_last' or 'compile' backend (or 'auto'), "
+                         f"not {backend!r}")
+    return backend, precision
+
+
+@dataclass
+class Runner:
+    """Logits of a batch on one path; ``name`` is the path actually used."""
+
+    name: str
+    precision: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    setup_s: float = 0.0  # export / compile / copy time paid when this runner was built
+    note: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.fn(batch)
+
+
+_CACHE: OrderedDict[tuple, Runner] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every cached runner (copies, compiled graphs, ONNX Runtime sessions)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def runner_for(net: nn.Module, x: torch.Tensor, *, backend: str = "auto", precision: str = "fp32",
+               batch_size: int = 16, fingerprint: str | None = None, probes: int | None = None
+               ) -> Runner:
+    """The runner for ``net`` on inputs shaped like ``x`` (``1 x C x H x W``).
+
+    ``fingerprint`` (:func:`model_fingerprint`) keys the cache; without it a runner is built for
+    this call only. ``probes`` (the sweep's forward passes) lets ``auto`` skip a first export
+    that would not pay. Raises ValueError as :func:`check_backend`.
+    """
+    backend, precision = check_backend(backend, precision)
+    device = x.device
+    dtype = next((p.dtype for p in net.parameters()), torch.float32)
+    if backend == "eager" or (backend == "auto" and dtype != torch.float32):
+        return _eager(net, dtype)
+    if dtype != torch.float32:
+        raise ValueError(f"backend {backend!r} runs float32 models; this one is {dtype}: use 'eager'")
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"backend 'onnxruntime' runs on the CPU; the sweep runs on {device}")
+    if backend == "auto":
+        small = probes is not None and probes < AUTO_EXPORT_MIN_PROBES
+        if small and precision == "fp32":  # a few hundred passes: nothing to win, keep today's path
+            return _eager(net, dtype)
+        backend = "channels_last"
+        if device.type == "cpu" and precision == "fp32" and "onnxruntime" in installed() and (
+                not small or _export_cached(fingerprint, x)):
+            backend = "auto-onnxruntime"
+    shape = tuple(x.shape[1:])
+    key = (fingerprint, backend, precision, str(device), shape, batch_size if backend == "compile" else 0,
+           torch.get_num_threads())
+    if fingerprint is not None:
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+    start = time.perf_counter()
+    if backend == "auto-onnxruntime":
+        runner = _auto_onnx(net, x, fingerprint, batch_size)
+    elif backend == "onnxruntime":
+        runner = _onnx_runner(net, x, fingerprint)
+    elif backend == "compile":
+        runner = _compiled(net, x, precision, batch_size)
+    else:
+        runner = _channels_last(net, precision)
+    runner.setup_s = time.perf_counter() - start
+    if fingerprint is not None:
+        with _CACHE_LOCK:
+            _CACHE[key] = runner
+            while len(_CACHE) > RUNNER_CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    return runner
+
+
+def _eager(net: nn.Module, dtype: torch.dtype) -> Runner:
+    return Runner("eager", "fp32" if dtype == torch.float32 else str(dtype).replace("torch.", ""),
+                  lambda b: net(b.to(dtype)))
+
+
+def _frozen_copy(net: nn.Module) -> nn.Module:
+    net_copy = copy.deepcopy(net).eval()
+    for p in net_copy.parameters():
+        p.requires_grad_(False)
+    return net_copy
+
+
+def _channels_last(net: nn.Module, precision: str) -> Runner:
+    net_copy = _frozen_copy(net).to(memory_format=torch.channels_last)
+    bf16 = precision == "bf16"
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
+            return net_copy(batch.contiguous(memory_format=torch.channels_last)).float()
+    return Runner("channels_last", precision, run)
+
+
+def _compiled(net: nn.Module, x: torch.Tensor, precision: str, batch_size: int) -> Runner:
+    net_copy = _frozen_copy(net).to(memory_format=torch.channels_last)
+    compiled = torch.compile(net_copy, dynamic=False)
+    bf16 = precision == "bf16"
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        out = []
+        for s in range(0, n, batch_size):  # fixed batch: pad the last, so one graph serves all
+            part = batch[s:s + batch_size]
+            if part.shape[0] < batch_size:
+                part = torch.cat([part, part.new_zeros(batch_size - part.shape[0], *part.shape[1:])])
+            with torch.inference_mode(), torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
+                out.append(compiled(part.contiguous(memory_format=torch.channels_last)).float().clone())
+        return torch.cat(out)[:n]
+    run(x.expand(batch_size, -1, -1, -1))  # compile now, so setup_s counts it
+    return Runner("compile", precision, run)
+
+
+# ----- ONNX Runtime -------------------------------------------------------------------------
+_MEMORY_GRAPHS: OrderedDict[tuple, bytes] = OrderedDict()
+
+
+def _graph_path(fingerprint: str | None, x: torch.Tensor):
+    if fingerprint is None:
+        return None
+    from .cache import cache_dir
+
+    c, h, w = x.shape[1:]
+    return cache_dir() / "graphs" / f"{fingerprint}-{c}x{h}x{w}-torch{torch.__version__}.onnx"
+
+
+def _export_cached(fingerprint: str | None, x: torch.Tensor) -> bool:
+    path = _graph_path(fingerprint, x)
+    return (fingerprint, tuple(x.shape[1:])) in _MEMORY_GRAPHS or (path is not None and path.is_file())
+
+
+def _export(net: nn.Module, x: torch.Tensor, fingerprint: str | None) -> bytes:
+    """The network as ONNX bytes (batch dimension dynamic), from memory, disk or a fresh export."""
+    key = (fingerprint, tuple(x.shape[1:]))
+    if fingerprint is not None and key in _MEMORY_GRAPHS:
+        return _MEMORY_GRAPHS[key]
+    path = _graph_path(fingerprint, x)
+    data = None
+    if path is not None and path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = None
+    if data is None:
+        buffer = io.BytesIO()
+        example = x[:1].detach().to(torch.float32).expand(2, -1, -1, -1).contiguous()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_frozen_copy(net), (example,), buffer, dynamo=True, verbose=False,
+                              input_names=["x"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        data = buffer.getvalue()
+        if path is not None:
+            _write_quietly(path, data)
+    if fingerprint is not None:
+        _MEMORY_GRAPHS[key] = data
+        while len(_MEMORY_GRAPHS) > RUNNER_CACHE_SIZE:
+            _MEMORY_GRAPHS.popitem(last=False)
+    return data
+
+
+def _write_quietly(path, data: bytes) -> None:
+    """Disk copy of an exported graph: a speed-up only, so an unwritable folder is no error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _onnx_runner(net: nn.Module, x: torch.Tensor, fingerprint: str | None) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(_export(net, x, fingerprint), options, providers=["CPUExecutionProvider"])
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(session.run(None, {"x": array})[0])
+    return Runner("onnxruntime", "fp32", run)
+
+
+def _auto_onnx(net: nn.Module, x: torch.Tensor, fingerprint: str | None, batch_size: int) -> Runner:
+    """ONNX Runtime if it exports and one timed batch is faster than channels_last; else channels_last."""
+    fallback = _channels_last(net, "fp32")
+    try:
+        onnx = _onnx_runner(net, x, fingerprint)
+    except Exception as exc:  # noqa: BLE001 - any export failure means: use the exact torch path
+        warnings.warn(f"backend='auto': the model could not be exported for ONNX Runtime "
+                      f"({type(exc).__name__}: {str(exc)[:200]}); using channels_last",
+                      BackendFallbackWarning, stacklevel=4)
+        fallback.note = "onnx export failed"
+        return fallback
+    batch = x[:1].expand(batch_size, -1, -1, -1).contiguous()
+    times = {"onnxruntime": [], "channels_last": []}
+    for _ in range(2):  # interleaved, the faster of two each: the machine may be shared
+        for name, runner in (("onnxruntime", onnx), ("channels_last", fallback)):
+            start = time.perf_counter()
+            runner(batch)
+            times[name].append(time.perf_counter() - start)
+    best = {k: min(v) for k, v in times.items()}
+    chosen = onnx if best["onnxruntime"] <= best["channels_last"] else fallback
+    chosen.note = (f"auto: onnxruntime {1000 * best['onnxruntime'] / batch_size:.1f} ms/img, channels_last "
+                   f"{1000 * best['channels_last'] / batch_size:.1f} ms/img")
+    return chosen
+
+
+# ----- agreement of a reduced-precision sweep -----------------------------------------------
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two maps (1.0 when both are constant and equal)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    den = float(a.norm() * b.norm())
+    if den == 0.0:
+        return 1.0 if bool(torch.equal(a, b)) else 0.0
+    return float((a * b).sum()) / den
