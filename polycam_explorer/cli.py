@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -294,12 +295,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a folder that became unwritable, ...
-        print(f"polycam-explorer: error: {exc}{_kept(args)}", file=sys.stderr)
+        print(f"polycam-explorer: error: {_os_error(exc, args)}{_kept(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"polycam-explorer: interrupted{_kept(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _os_error(exc: OSError, args: argparse.Namespace | None) -> str:
+    """The error, saying so plainly when the output's disk is full (a short write has no errno)."""
+    import errno
+    import shutil
+
+    out = getattr(args, "out", None)
+    try:
+        full = exc.errno == errno.ENOSPC or (out is not None and shutil.disk_usage(out).free < 2 ** 20)
+    except OSError:
+        full = False
+    if full:
+        return f"{os.strerror(errno.ENOSPC)} for {out} ({exc}): free some space"
+    return str(exc)
 
 
 def _kept(args: argparse.Namespace | None) -> str:

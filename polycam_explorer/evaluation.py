@@ -169,8 +169,10 @@ def _remove_temporary(out: Path) -> None:
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()  # numpy's own file writes report a full disk as a bare "short write"
+    np.save(buffer, array, allow_pickle=False)
     with atomic_write(path) as f:
-        np.save(f, array, allow_pickle=False)
+        f.write(buffer.getvalue())
 
 
 def _methods_to_run(methods: Sequence[str]) -> list[str]:
