@@ -117,12 +117,17 @@ def _warn_unwritable(folder: Path, exc: OSError, consequence: str) -> None:
 
 def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Optional[Sequence[str]] = None,
                size=None, batch_size: Optional[int] = None, device=None,
-               cache_dir: str | os.PathLike | None = None, progress: bool = True) -> MapSet:
+               cache_dir: str | os.PathLike | None = None, progress: bool = True,
+               backend: str = "auto") -> MapSet:
     """The map set of ``image`` (path, PIL image or array): from the disk cache, else computed
-    (one sweep) and cached. The embedded model is used unless ``model`` is given."""
+    (one sweep, forward passes on ``backend``: see :func:`compute_mapset`) and cached. The
+    embedded model is used unless ``model`` is given. Every fp32 backend gives the same maps, so
+    the cache key does not depend on it."""
+    from .backends import check_backend
     from .mapset import compute_mapset
     from .models import as_classifier, load_image, load_model
 
+    check_backend(backend)  # a bad name is refused before any work
     model = as_classifier(model) if model is not None else load_model()
     x = load_image(image, model, size=size)
     ms = cached(model, layers, x, cache_dir, device)
@@ -130,7 +135,7 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
         can_write = writable(cache_dir)  # warns before the sweep; the sweep runs either way
         run_device = torch.device(device) if device is not None else module_device(model)
         ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
-                            device=device, progress=progress)
+                            device=device, progress=progress, backend=backend)
         if can_write:
             store(ms, model, layers, x, cache_dir)
     return ms

@@ -333,9 +333,9 @@ def _check_precision(ms: MapSet, net: nn.Module, x: torch.Tensor, index: int, pl
     reference = backends.runner_for(net, x, backend="channels_last", batch_size=batch_size,
                                     fingerprint=ms.model_id)
     r = precision_agreement(reference, x, ms.activations[index], plan, scores, ms.probs, batch_size=batch_size)
-    before = ms.stats.get("precision_agreement", 1.0)
-    ms.stats["precision_agreement"] = round(min(before, r), 6)
-    if r < backends.MIN_BF16_AGREEMENT <= before:
+    before = ms.stats.get("precision_agreement")
+    ms.stats["precision_agreement"] = round(r if before is None else min(before, r), 6)
+    if r < backends.MIN_BF16_AGREEMENT and (before is None or before >= backends.MIN_BF16_AGREEMENT):
         warnings.warn(f"precision='bf16' maps of this image agree with fp32 at r = {r:.4f} only (layer "
                       f"{ms.layers[index]!r}, top-3 classes, its highest-energy channels; below "
                       f"{backends.MIN_BF16_AGREEMENT}): use precision='fp32' for exact maps",

@@ -1,0 +1,159 @@
+"""Forward-pass backends (issue 11, item 1): every fp32 path gives the eager maps, the user's
+model is left as it was, exported graphs and compiled models are built once, bad names are refused,
+bf16 is opt-in and reports its agreement."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import polycam_explorer as pe
+from polycam_explorer import backends
+from polycam_explorer.backends import pearson
+
+R_MIN = 0.9999
+
+
+@pytest.fixture(autouse=True)
+def graph_cache(tmp_path, monkeypatch):
+    """Exported graphs go to a temporary cache folder; runners are not shared between tests."""
+    monkeypatch.setenv("POLYCAM_EXPLORER_CACHE", str(tmp_path / "cache"))
+    backends.clear_cache()
+    backends._MEMORY_GRAPHS.clear()
+    yield
+    backends.clear_cache()
+    backends._MEMORY_GRAPHS.clear()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    return net, torch.randn(1, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def eager_mapset(resnet):
+    net, x = resnet
+    return pe.compute_mapset(net, x, batch_size=16, progress=False, backend="eager")
+
+
+def min_agreement(a: pe.MapSet, b: pe.MapSet, classes=None) -> float:
+    classes = classes if classes is not None else [c for c, _, _ in a.topk(3)]
+    return min(pearson(a.saliency(c, v, d), b.saliency(c, v, d)) for c in classes for v in ("+", "-", "+-")
+               for d in range(1, len(a.layers) + 1))
+
+
+FP32_PATHS = [b for b in ("auto", "channels_last", "onnxruntime", "compile") if b == "auto" or b in backends.installed()]
+
+
+@pytest.mark.parametrize("backend", FP32_PATHS)
+def test_fp32_paths_give_the_eager_maps(resnet, eager_mapset, backend):
+    """Every depth, every variant, top-3 classes: r >= 0.9999 against eager fp32."""
+    net, x = resnet
+    ms = pe.compute_mapset(net, x, batch_size=16, progress=False, backend=backend)
+    if backend != "auto":
+        assert ms.stats["backend"] == backend
+    assert ms.stats["precision"] == "fp32"
+    assert ms.stats["forward_passes"] == eager_mapset.stats["forward_passes"]
+    assert min_agreement(eager_mapset, ms) >= R_MIN
+
+
+@pytest.mark.parametrize("backend", ["channels_last", "compile", "onnxruntime"])
+def test_the_users_model_is_left_as_it_was(resnet, backend):
+    if backend not in backends.installed():
+        pytest.skip(f"{backend} is not installed")
+    net, x = resnet
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    runner = backends.runner_for(net, x, backend=backend, batch_size=4, fingerprint=pe.model_fingerprint(net))
+    runner(x.expand(3, -1, -1, -1))
+    assert net.training and all(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())
+    assert net.conv1.weight.is_contiguous() and not net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    assert type(net.forward) is type(torchvision.models.resnet18().forward)  # not replaced by a compiled one
+    net.eval()
+
+
+def test_runners_are_built_once_per_model_and_input_size(resnet):
+    net, x = resnet
+    fp = pe.model_fingerprint(net)
+    first = backends.runner_for(net, x, backend="channels_last", fingerprint=fp)
+    assert backends.runner_for(net, x, backend="channels_last", fingerprint=fp) is first
+    other = torch.randn(1, 3, 96, 96)
+    assert backends.runner_for(net, other, backend="channels_last", fingerprint=fp) is not first
+
+
+@pytest.mark.skipif("onnxruntime" not in backends.installed(), reason="onnxruntime is not installed")
+def test_exported_graph_is_cached_in_memory_and_on_disk(resnet, tmp_path):
+    net, x = resnet
+    fp = pe.model_fingerprint(net)
+    runner = backends.runner_for(net, x, backend="onnxruntime", fingerprint=fp)
+    assert backends.runner_for(net, x, backend="onnxruntime", fingerprint=fp) is runner
+    files = list((tmp_path / "cache" / "graphs").glob(f"{fp}-3x64x64-*.onnx"))
+    assert len(files) == 1
+    backends.clear_cache()
+    backends._MEMORY_GRAPHS.clear()
+    again = backends.runner_for(net, x, backend="onnxruntime", fingerprint=fp)  # from disk: no export
+    assert again.setup_s < runner.setup_s
+    batch = torch.randn(5, 3, 64, 64)  # any batch size: the batch dimension is dynamic
+    with torch.no_grad():
+        assert torch.allclose(again(batch), net(batch), atol=1e-4)
+
+
+def test_bad_names_are_refused_listing_what_is_accepted_and_installed(resnet):
+    net, x = resnet
+    with pytest.raises(ValueError, match=r"backend must be one of .*'eager'.*installed here: \[") as info:
+        pe.compute_mapset(net, x, progress=False, backend="tensorrt")
+    assert "channels_last" in str(info.value)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pe.compute_mapset(net, x, progress=False, precision="fp8")
+    with pytest.raises(ValueError, match="bf16"):
+        pe.compute_mapset(net, x, progress=False, backend="eager", precision="bf16")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        pe.mapset_for(torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(), net, backend=None)
+
+
+def test_a_missing_backend_is_named(resnet, monkeypatch):
+    net, x = resnet
+    monkeypatch.setattr(backends, "installed", lambda: ["eager", "channels_last"])
+    with pytest.raises(ValueError, match="'onnxruntime' is not installed here.*fast"):
+        pe.compute_mapset(net, x, progress=False, backend="onnxruntime")
+
+
+def test_auto_falls_back_to_an_exact_path_when_the_export_fails(resnet, eager_mapset, monkeypatch):
+    if "onnxruntime" not in backends.installed():
+        pytest.skip("onnxruntime is not installed")
+    net, x = resnet
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+    monkeypatch.setattr(backends, "_export", broken)
+    with pytest.warns(backends.BackendFallbackWarning, match="unsupported operator"):
+        ms = pe.compute_mapset(net, x, batch_size=16, progress=False)
+    assert ms.stats["backend"] == "channels_last"
+    assert min_agreement(eager_mapset, ms) >= R_MIN
+
+
+def test_bf16_is_opt_in_and_reports_its_agreement(resnet, eager_mapset, monkeypatch):
+    net, x = resnet
+    assert eager_mapset.stats["precision"] == "fp32" and "precision_agreement" not in eager_mapset.stats
+    monkeypatch.setattr(backends, "MIN_BF16_AGREEMENT", 1.01)  # any bf16 result is now too far
+    with pytest.warns(backends.PrecisionWarning, match="agree with fp32 at r ="):
+        ms = pe.compute_mapset(net, x, batch_size=16, progress=False, precision="bf16")
+    assert ms.stats["precision"] == "bf16"
+    assert 0.9 < ms.stats["precision_agreement"] <= 1.0
+    assert min_agreement(eager_mapset, ms) > 0.9
+
+
+def test_embedded_model_default_path_gives_the_eager_maps():
+    """The embedded EfficientNet-Lite0 at 64x64 (a few thousand probes): auto against eager."""
+    model = pe.load_model()
+    x = pe.load_image(pe.cache.sample_images()[0], model, size=64)
+    eager = pe.compute_mapset(model, x, batch_size=16, progress=False, backend="eager")
+    fast = pe.compute_mapset(model, x, batch_size=16, progress=False)
+    assert fast.stats["backend"] != "eager"
+    assert min_agreement(eager, fast) >= R_MIN
