@@ -96,7 +96,7 @@ def writable_folder(path: str | os.PathLike, what: str = "out") -> Path:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".polycam-explorer-write-check.", suffix=".tmp", dir=path)
         os.close(fd)
-        os.unlink(probe)
+        Path(probe).unlink(missing_ok=True)  # another rank's clean-up may have removed it
     except OSError as exc:
         raise ValueError(f"{what} {str(path)!r} cannot be written to ({exc.strerror or exc}): give a folder "
                          "that can be created and written") from None
