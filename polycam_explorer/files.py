@@ -24,6 +24,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     (``fsync``) before the rename, so a crash leaves the old file or the new one, whole; a full disk
     surfaces as an ``OSError`` here, not as a truncated file later. The file gets the permissions a
     plain ``open(path, "wb")`` would give (the user's umask), not the temporary file's private 0600.
+    Only a process killed outright (SIGKILL, power loss) can leave its ``.NAME.XXXX.tmp`` beside
+    ``path``: never at ``path``; ``generate`` and ``evaluate`` remove such leftovers when they start.
 
     Raises:
         OSError: the folder cannot be created or written, or the disk is full (nothing is left).
