@@ -1,4 +1,5 @@
-"""Pixels: colormaps, overlays, masked images and figure grids as ``H x W x 3`` uint8 arrays.
+"""Pixels: colormaps, overlays, masked images, the explorer's colour scales and legends, and
+figure grids with captions, as ``H x W x 3`` uint8 arrays.
 
 The single place where maps leave the device and become images.
 """
@@ -67,6 +68,58 @@ def masked(image: np.ndarray, saliency: torch.Tensor | np.ndarray) -> np.ndarray
     """The image multiplied by the map: what the map keeps (the paper's Figure 4)."""
     s = np.clip(_as_numpy(saliency), 0.0, 1.0)[..., None]
     return (image.astype(np.float32) * s + 0.5).astype(np.uint8)
+
+
+def diverging(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Colour values in [-1, 1]: blue (negative), white (0), red (positive)."""
+    v = _as_numpy(values)
+    return colormap("coolwarm")[np.clip((v + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)]
+
+
+def insertion_deletion_colors(plus: torch.Tensor | np.ndarray, minus: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A two-dimensional colour scale: PCAM+ (showing the region keeps the class) in red, PCAM-
+    (hiding it removes the class) in green, both in yellow, neither in black."""
+    a, b = np.clip(_as_numpy(plus), 0, 1), np.clip(_as_numpy(minus), 0, 1)
+    rgb = np.stack([a, b, 0.5 * np.minimum(a, b) + 0.25 * np.abs(a - b)], axis=-1)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def blend(picture: np.ndarray, tint: np.ndarray, alpha: float) -> np.ndarray:
+    """``(1 - alpha) * picture + alpha * tint``, rounded to uint8."""
+    return ((1.0 - alpha) * picture + alpha * tint + 0.5).astype(np.uint8)
+
+
+def legend_2d(size: int = 64) -> np.ndarray:
+    """The insertion-vs-deletion colour square: PCAM+ grows to the right, PCAM- upwards."""
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    return insertion_deletion_colors(ramp[None, :].repeat(size, 0), ramp[::-1, None].repeat(size, 1))
+
+
+def diverging_bar(width: int = 96, height: int = 12) -> np.ndarray:
+    """The contrast view's colour bar: -1 (left, blue) .. 0 (white) .. +1 (right, red)."""
+    return diverging(np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :].repeat(height, 0))
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An ``H x W x 3`` uint8 array encoded as PNG bytes (for an image widget or a data: URL)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def captioned(pixels: np.ndarray, lines: Sequence[str], *, width: int | None = None) -> np.ndarray:
+    """``pixels`` with text lines written under it (black on white), padded to ``width``."""
+    h, w = pixels.shape[:2]
+    width = max(w, width or 0)
+    line_h = 12
+    canvas = Image.new("RGB", (width, h + 4 + line_h * len(lines)), "white")
+    canvas.paste(Image.fromarray(pixels), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((2, h + 2 + i * line_h), line, fill="black")
+    return np.asarray(canvas)
 
 
 def grid(tiles: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[str] = (),

@@ -104,20 +104,25 @@ def test_partial_mapset_shows_the_depths_probed_so_far(tiny_model, tiny_x, opene
     ex.add_mapset("img", ms)
     top = ms.topk(1)[0][0]
     assert "1..1 of 3" in ex.status.value
-    assert ex.depth.value == 3 and ex.main_panel().depth == 1  # clamped to what is probed
+    # the slider offers only the depths probed; the state keeps the depth asked for (full depth)
+    assert [v for _, v in ex.depth.options] == [1] and ex.depth.value == 1
+    assert ex.state.depth == 3 and ex.main_panel().depth == 1  # clamped to what is probed
+    assert "depth 3 once probed" in ex.controls.depth_label.value
     assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 1, True)))
     assert "depth 1/3" in ex.captions[0].value
     ex.recursion.click(4 + 2 * 76 + 30, 30)  # depth 3 is not there yet: nothing happens
-    ex.depth.value = 2
-    assert ex.main_panel().depth == 1 and not errors(ex)
+    assert ex.state.depth == 3
+    ex.state.depth = 2
+    assert ex.main_panel().depth == 1 and ex.depth.value == 1 and not errors(ex)
     ex.compare.value = "depths"  # pinned depths are clamped too
     assert [p.depth for p in ex.panels()] == [1, 1, 1] and not errors(ex)
     ex.compare.value = "none"
-    ex.depth.value = 3
+    ex.state.depth = 3
 
     next(sweep)
     ex.refresh("img")
     assert "1..2 of 3" in ex.status.value
+    assert [v for _, v in ex.depth.options] == [1, 2] and ex.depth.value == 2  # moves towards depth 3
     assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 2, True)))
     assert not errors(ex)
 
@@ -125,6 +130,8 @@ def test_partial_mapset_shows_the_depths_probed_so_far(tiny_model, tiny_x, opene
         pass
     ex.refresh("img")
     assert ms.complete and ex.status.value == ""
+    assert [v for _, v in ex.depth.options] == [1, 2, 3] and ex.depth.value == 3
+    assert "once probed" not in ex.controls.depth_label.value
     assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 3, True)))
 
 
@@ -176,7 +183,7 @@ def test_an_image_submitted_as_the_worker_finishes_is_still_explained(tiny_model
     ex = pe.explore(_images(1, seed=10), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE)
     opened.append(ex)
     at_end, go_on = threading.Event(), threading.Event()
-    real = ex.show_progress
+    real = ex.store.set_progress  # the worker reports progress to the store, not to a view
 
     def slow_end(state):  # hold the worker just as it finds its queue empty
         if state is None and not at_end.is_set():
@@ -184,7 +191,7 @@ def test_an_image_submitted_as_the_worker_finishes_is_still_explained(tiny_model
             go_on.wait(10)
         real(state)
 
-    ex.show_progress = slow_end
+    ex.store.set_progress = slow_end
     a, b = _images(2, seed=11)
     ex.runner.submit("a", a)
     assert at_end.wait(30)

@@ -13,7 +13,8 @@ from PIL import Image
 import polycam_explorer as pe
 from conftest import TinyNet
 from polycam_explorer import render
-from polycam_explorer.explorer import faithfulness, frames
+from polycam_explorer.explorer import frames
+from polycam_explorer.explorer.views import faithfulness
 from polycam_explorer.explorer.frames import Look, Panel
 
 SIZE = 64  # panel size on screen: 4 canvas pixels per pixel of the 16 x 16 tiny image
@@ -341,16 +342,16 @@ def _hovered(explorer):
 
 def test_hover_reports_position_and_saliency(explorer, ms):
     explorer.variant.value = "-"
-    explorer._hover(0, 9, 45)
+    explorer.main.hover_at(0, 9, 45)
     row, col, value = _hovered(explorer)
     assert (row, col) == (11, 2)
     assert value == pytest.approx(float(ms.saliency(TOP, "-", 3)[11, 2]), abs=5e-4)
     before = explorer.hover.value
-    explorer._hover(0, SIZE + 3, 10)  # outside: unchanged
+    explorer.main.hover_at(0, SIZE + 3, 10)  # outside: unchanged
     assert explorer.hover.value == before
     # zoomed: the same canvas position is another image pixel
     explorer.set_zoom((8, 8, 16, 16))
-    explorer._hover(0, 9, 45)
+    explorer.main.hover_at(0, 9, 45)
     row, col, value = _hovered(explorer)
     assert (row, col) == (8 + 45 // 8, 8 + 9 // 8)
     assert value == pytest.approx(float(ms.saliency(TOP, "-", 3)[row, col]), abs=5e-4)
@@ -359,7 +360,7 @@ def test_hover_reports_position_and_saliency(explorer, ms):
 def test_hover_reads_the_map_of_the_panel_under_the_pointer(explorer, ms):
     explorer.compare.value = "depths"
     scale = explorer.canvases[1].size[0] / 16
-    explorer._hover(1, 5 * scale + 1, 7 * scale + 1)
+    explorer.main.hover_at(1, 5 * scale + 1, 7 * scale + 1)
     row, col, value = _hovered(explorer)
     assert (row, col) == (7, 5)
     assert value == pytest.approx(float(ms.saliency(TOP, "+-", 2)[7, 5]), abs=5e-4)
@@ -628,8 +629,9 @@ def test_export_png_matches_the_panels(explorer, tmp_path):
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
     pad = 4
-    assert pixels.shape == (SIZE + 2 * pad, SIZE + 2 * pad, 3)
+    assert pixels.shape[1] == SIZE + 2 * pad and pixels.shape[0] > SIZE + 2 * pad  # a caption under it
     assert np.array_equal(pixels[pad:pad + SIZE, pad:pad + SIZE], explorer.canvases[0].pixels)
+    assert (pixels[pad + SIZE:, pad:pad + SIZE] < 100).any()  # the caption's text
     assert "download" in explorer.export_link.value
 
     explorer.compare.value = "variants"
@@ -637,11 +639,46 @@ def test_export_png_matches_the_panels(explorer, tmp_path):
     h, w = explorer.canvases[0].size
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
-    label = 16
-    assert pixels.shape == (label + h + 2 * pad, 3 * (w + pad) + pad, 3)
+    assert pixels.shape[1] == 3 * (w + pad) + pad and pixels.shape[0] > h + 2 * pad
     for i, canvas in enumerate(explorer.canvases[:3]):
         x = pad + i * (w + pad)
-        assert np.array_equal(pixels[label + pad:label + pad + h, x:x + w], canvas.pixels)
+        assert np.array_equal(pixels[pad:pad + h, x:x + w], canvas.pixels)
+        assert (pixels[pad + h:, x:x + w] < 100).any()
+
+
+def test_exported_captions_name_variant_class_depth_and_layer(explorer, ms):
+    from polycam_explorer.explorer.views.export import caption_lines
+
+    explorer.variant.value = "-"
+    explorer.depth.value = 2
+    lines = caption_lines(ms, explorer.panels()[0])
+    assert lines == ["PCAM-", f"c3 ({float(ms.probs[3]):.3f})", "depth 2/3: features.3"]
+    assert caption_lines(ms, Panel(1, "+", 1, False), against=4) == [
+        "PCAM+, no LNorm", f"c1 ({float(ms.probs[1]):.3f})", "depth 1/3: features", "against c4"]
+    assert caption_lines(ms, Panel(1, method="ixg"))[0] == "Input × Gradient"
+
+
+def test_exports_never_overwrite_and_show_the_full_path(explorer, tmp_path):
+    first, second = explorer.export_png(), explorer.export_png()
+    assert first != second and first.is_file() and second.is_file()
+    assert first.name.endswith("_1.png") and second.name.endswith("_2.png")
+    maps = [explorer.export_maps() for _ in range(2)]
+    assert maps[0] != maps[1] and all(p.is_file() for p in maps)
+    assert str(maps[1].resolve()) in explorer.export_link.value and maps[1].is_absolute()
+
+
+def test_the_default_export_folder_is_absolute_and_kept(ms, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ex = pe.Explorer(ms, size=SIZE)
+    try:
+        assert ex.export_dir == tmp_path / "polycam_exports" and ex.export_dir.is_absolute()
+        assert str(ex.export_dir) in ex.export_link.value  # the tab says where exports go
+        monkeypatch.setenv("POLYCAM_EXPLORER_EXPORTS", str(tmp_path / "mine"))
+        other = pe.Explorer(ms, size=SIZE)
+        assert other.export_dir == tmp_path / "mine" and other.export_png().parent == tmp_path / "mine"
+        other.close()
+    finally:
+        ex.close()
 
 
 def test_export_maps_holds_the_saliency_of_each_panel(explorer, ms):

@@ -6,7 +6,10 @@ import polycam_explorer as pe
 from polycam_explorer import render
 from polycam_explorer.explorer import panels
 from polycam_explorer.explorer.frames import Panel
-from polycam_explorer.explorer.recursion import STRIP_PAD, STRIP_TILE, RecursionView
+from polycam_explorer.explorer.jobs import Jobs
+from polycam_explorer.explorer.state import ViewState
+from polycam_explorer.explorer.store import Store
+from polycam_explorer.explorer.views.recursion import STRIP_PAD, STRIP_TILE, RecursionView
 
 
 @pytest.fixture
@@ -40,17 +43,27 @@ def test_caption_names_variant_class_depth_and_the_contrast_class(ms):
     assert "computing" in panels.caption(ms, Panel(3, method="gradcam"), computing=True)
 
 
+def test_baselines_are_named_as_in_their_papers(ms):
+    assert panels.caption(ms, Panel(3, method="sscam")).startswith("Smoothed Score-CAM (SS-CAM) · c3")
+    assert panels.baseline_name("ixg") == "Input × Gradient" and panels.baseline_name("gradcampp") == "Grad-CAM++"
+    assert set(panels.BASELINE_NAMES) == set(panels.BASELINES)  # every method has a readable name
+
+
 def test_recursion_view_reports_clicks_on_drawn_thumbnails_only(ms):
+    store = Store({"x": ms})
+    state = ViewState()  # no image on screen: the view draws only what it is handed
+    state.n_depths = 3
+    view = RecursionView(state, store, Jobs(store))
     clicked = []
-    view = RecursionView(on_depth=clicked.append)
+    state.observe(lambda change: clicked.append(change["new"]), names="depth")
     try:
         view.click(STRIP_PAD + 5, 10)  # nothing drawn yet
         image = render.image_uint8(ms.image, ms.mean, ms.std)
         view.render(ms, Panel(3, "+-", 2, True), image, "turbo")
-        for depth in (1, 2, 3):
+        for depth in (2, 1, 3):
             view.click(STRIP_PAD + (depth - 1) * (STRIP_TILE + STRIP_PAD) + STRIP_TILE // 2, 10)
         view.click(3 * (STRIP_TILE + STRIP_PAD) + 20, 10)  # beyond the last thumbnail
-        assert clicked == [1, 2, 3]
+        assert clicked == [2, 1, 3]  # a click sets the state's depth
         sent = view.strip.frames_sent, view.teaching.frames_sent
         view.render(ms, Panel(3, "+-", 2, True), image, "turbo")  # nothing changed: the teaching view is kept
         assert (view.strip.frames_sent, view.teaching.frames_sent) == (sent[0] + 1, sent[1])

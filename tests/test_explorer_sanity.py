@@ -9,7 +9,7 @@ from PIL import Image
 
 import polycam_explorer as pe
 from polycam_explorer import render
-from polycam_explorer.explorer import sanity
+from polycam_explorer.explorer.views import sanity
 from polycam_explorer.robustness import cascading_randomization, parameter_groups, randomization_strip
 
 pytest.importorskip("scipy")

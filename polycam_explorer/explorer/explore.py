@@ -16,8 +16,13 @@ from PIL import Image
 from .. import cache
 from ..layers import module_device
 from ..mapset import iter_mapset
-from ..models import ImageLike, as_classifier, load_image, load_model, open_image
+from ..images import ImageLike, load_image
+from ..models import as_classifier, load_model
 from .app import Explorer
+from .store import Store
+from .uploads import upload_to_image
+
+__all__ = ["SweepRunner", "explore", "upload_to_image"]
 
 Images = Union[ImageLike, Sequence[ImageLike], Mapping[str, ImageLike], None]
 
@@ -37,11 +42,12 @@ def _named_images(images: Images) -> dict[str, ImageLike]:
 
 
 class SweepRunner:
-    """Runs the sweeps of queued images one after the other, in a daemon thread."""
+    """Runs the sweeps of queued images one after the other, in a daemon thread; map sets,
+    progress and errors go to ``store`` (never to a view)."""
 
-    def __init__(self, explorer: Explorer, model: torch.nn.Module, *, layers, batch_size: Optional[int],
+    def __init__(self, store: Store, model: torch.nn.Module, *, layers, batch_size: Optional[int],
                  device, size, cache_dir) -> None:
-        self.explorer, self.model = explorer, as_classifier(model)
+        self.store, self.model = store, as_classifier(model)
         self.layers, self.device, self.size, self.cache_dir = layers, device, size, cache_dir
         run_device = torch.device(device) if device is not None else module_device(self.model)
         self.batch_size = batch_size or cache.default_batch_size(run_device)
@@ -84,7 +90,7 @@ class SweepRunner:
     def _work(self) -> None:
         while True:
             if self.stop.is_set() or self.queue.empty():
-                self.explorer.show_progress(None)
+                self.store.set_progress(None)
             with self._lock:
                 if self.stop.is_set() or self.queue.empty():
                     self.thread = None
@@ -93,42 +99,43 @@ class SweepRunner:
             try:
                 self._run(name, image, show)
             except Exception as exc:  # noqa: BLE001 - shown in the widget
-                self.explorer.show_error(exc)
+                self.store.report_error(exc)
 
     def _run(self, name: str, image: ImageLike, show: bool) -> None:
         x = load_image(image, self.model, size=self.size)
         ms = cache.cached(self.model, self.layers, x, self.cache_dir, self.device)
         if ms is not None:
-            self.explorer.add_mapset(name, ms, show=show)
+            self.store.add_mapset(name, ms, show=show)
             return
-        self.explorer.show_progress((name, 0, 1))
+        self.store.set_progress((name, 0, 1))
         first = True
         for ms in iter_mapset(self.model, x, self.layers, batch_size=self.batch_size, device=self.device,
-                              progress=lambda done, total: self.explorer.show_progress((name, done, total)),
+                              progress=lambda done, total: self.store.set_progress((name, done, total)),
                               cancel=self.stop):
             if first:
-                self.explorer.add_mapset(name, ms, show=show)
+                self.store.add_mapset(name, ms, show=show)
                 first = False
             else:
-                self.explorer.refresh(name)
+                self.store.probed(name)
         cache.store(ms, self.model, self.layers, x, self.cache_dir)
 
 
 def explore(images: Images = None, model: Optional[torch.nn.Module] = None, *,
             layers: Optional[Sequence[str]] = None, batch_size: Optional[int] = None, device=None,
             size: Optional[int] = None, cache_dir: Union[str, os.PathLike, None] = None,
-            panel_size: int = 320, wait: bool = False) -> Explorer:
+            panel_size: int = 320, export_dir: Union[str, os.PathLike, None] = None, wait: bool = False) -> Explorer:
     """Open the explorer on images: a path, PIL image or array, a list or dict of them, or None for
     the bundled samples. The embedded model is used unless ``model`` is given.
 
     Sweeps run in the background (progress shown in the widget; coarse depths appear first) and
     finished map sets are cached in ``cache_dir`` (see :func:`polycam_explorer.cache.cache_dir`).
-    ``wait=True`` blocks until every sweep is done.
+    ``wait=True`` blocks until every sweep is done. ``export_dir``: where the Export tab writes
+    (see :class:`Explorer`).
     """
     model = as_classifier(model) if model is not None else load_model()
     named = _named_images(images)
-    explorer = Explorer({}, model=model, size=panel_size)
-    runner = SweepRunner(explorer, model, layers=layers, batch_size=batch_size, device=device, size=size,
+    explorer = Explorer({}, model=model, size=panel_size, export_dir=export_dir)
+    runner = SweepRunner(explorer.store, model, layers=layers, batch_size=batch_size, device=device, size=size,
                          cache_dir=cache_dir)
     explorer.attach_runner(runner)
     for name, image in named.items():
@@ -136,17 +143,3 @@ def explore(images: Images = None, model: Optional[torch.nn.Module] = None, *,
     if wait:
         runner.wait()
     return explorer
-
-
-def upload_to_image(value) -> tuple[str, Image.Image]:
-    """The (name, PIL image) of the first file of an ipywidgets FileUpload value, decoded as a file
-    is (:func:`polycam_explorer.models.open_image`: EXIF orientation applied, 16-bit kept for
-    :func:`load_image` to scale).
-
-    Raises:
-        ValueError: the upload is not an image (naming the file and the accepted formats), or is
-            too large to read safely.
-    """
-    item = value[0]
-    name = str(item.get("name") or "upload")
-    return Path(name).stem, open_image(bytes(item["content"]), name=name)

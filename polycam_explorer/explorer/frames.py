@@ -15,8 +15,13 @@ from PIL import Image
 from .. import render
 from ..mapset import MapSet
 from ..polycam import lnorm, resize
+from .state import MODES
 
-MODES = ("overlay", "heatmap", "masked", "original", "contrast", "ins-vs-del")
+# the colour scales live in render (the one place that makes pixels); these names are kept
+diverging = render.diverging
+insertion_deletion_colors = render.insertion_deletion_colors
+legend_2d = render.legend_2d
+
 Box = tuple[int, int, int, int]  # (top, left, bottom, right) in image pixels, bottom/right exclusive
 
 
@@ -57,44 +62,21 @@ def contrast_map(ms: MapSet, panel: Panel) -> torch.Tensor:
     return mine - theirs
 
 
-def insertion_deletion_colors(plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
-    """A two-dimensional colour scale: PCAM+ (showing the region keeps the class) in red, PCAM-
-    (hiding it removes the class) in green, both in white-ish yellow, neither in black."""
-    a, b = np.clip(plus, 0, 1), np.clip(minus, 0, 1)
-    rgb = np.stack([a, b, 0.5 * np.minimum(a, b) + 0.25 * np.abs(a - b)], axis=-1)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def legend_2d(size: int = 64) -> np.ndarray:
-    """The insertion-vs-deletion colour square: PCAM+ grows to the right, PCAM- upwards."""
-    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-    return insertion_deletion_colors(ramp[None, :].repeat(size, 0), ramp[::-1, None].repeat(size, 1))
-
-
 @lru_cache(maxsize=None)
 def legend_html(mode: str) -> str:
     """A small legend for the two views with their own colour scales ('' for the others)."""
     import base64
-    import io
 
     if mode == "ins-vs-del":
-        square, text = legend_2d(48), ("→ PCAM+ (showing keeps the class)<br>↑ PCAM- (hiding removes it)"
-                                       "<br>white: both agree")
+        square, text = render.legend_2d(48), ("→ PCAM+ (showing keeps the class)<br>↑ PCAM- (hiding removes it)"
+                                              "<br>yellow: both agree · black: neither")
     elif mode == "contrast":
-        square = diverging(np.linspace(-1.0, 1.0, 96, dtype=np.float32)[None, :].repeat(12, 0))
-        text = "blue: the other class · red: this class"
+        square, text = render.diverging_bar(), "blue: the other class · white: equal · red: this class"
     else:
         return ""
-    buffer = io.BytesIO()
-    Image.fromarray(square).save(buffer, format="PNG")
-    data = base64.b64encode(buffer.getvalue()).decode()
+    data = base64.b64encode(render.png_bytes(square)).decode()
     return (f"<div style='display:flex;gap:6px;align-items:center;font-size:80%'>"
             f"<img src='data:image/png;base64,{data}'/><span>{text}</span></div>")
-
-
-def diverging(values: np.ndarray) -> np.ndarray:
-    """Colour values in [-1, 1]: blue (negative), white (0), red (positive)."""
-    return render.colormap("coolwarm")[np.clip((values + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)]
 
 
 def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
@@ -113,12 +95,12 @@ def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
     if mode == "original":
         return picture
     if mode == "contrast":
-        tint = diverging(contrast_map(ms, panel).cpu().numpy())
-        return _blend(picture, tint, look.opacity)
+        tint = render.diverging(contrast_map(ms, panel))
+        return render.blend(picture, tint, look.opacity)
     if mode == "ins-vs-del":
-        plus = ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm).cpu().numpy()
-        minus = ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm).cpu().numpy()
-        return _blend(picture, insertion_deletion_colors(plus, minus), look.opacity)
+        plus = ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm)
+        minus = ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm)
+        return render.blend(picture, render.insertion_deletion_colors(plus, minus), look.opacity)
     values = panel_map(ms, panel) if values is None else values
     if mode == "heatmap":
         return render.heatmap(values, look.cmap)
@@ -127,10 +109,6 @@ def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
     if mode == "overlay":
         return render.overlay(picture, values, look.cmap, look.opacity)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def _blend(picture: np.ndarray, tint: np.ndarray, alpha: float) -> np.ndarray:
-    return ((1.0 - alpha) * picture + alpha * tint + 0.5).astype(np.uint8)
 
 
 def zoom_and_fit(pixels: np.ndarray, zoom: Box | None, size: tuple[int, int]) -> np.ndarray:

@@ -1,50 +1,80 @@
-"""One background computation per tab: started from a button, cancellable, never freezing the widget."""
+"""How the explorer's work runs: background jobs that write the store, and drawing one frame at a
+time.
+
+- :class:`Job`: one cancellable computation in a daemon thread; its ``running``/``done``/``total``
+  are traits the tab's widgets follow (the worker writes numbers, never widgets).
+- :class:`JobTab`: the button / cancel / progress / cached-result pattern of the Faithfulness
+  and Sanity tabs.
+- :class:`Draws`: views ask it to draw; it runs one draw at a time (under a lock), coalesces
+  requests (the latest state wins) and defers them while held (several changes, one frame).
+- :class:`Jobs`: what a view gets besides the state and the store: the model, the draws, the
+  baseline maps computed in the background and the sweep runner, if any.
+"""
 from __future__ import annotations
 
+import contextlib
+import html
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 import ipywidgets as W
+import torch
+import traitlets as T
+
+from .panels import main_panel
+from .store import Event, Store
 
 
 class Cancelled(Exception):
-    """Raised by :meth:`ButtonJob.check` once cancel has been asked."""
+    """Raised by :meth:`Job.check` once cancel has been asked."""
 
 
-class ButtonJob:
-    """Runs one computation at a time, in a daemon thread unless ``block``; while it runs ``button``
-    is disabled and ``stop_button`` (which cancels it) enabled.
+class Job(T.HasTraits):
+    """Runs one computation at a time, in a daemon thread unless ``block``.
 
     Cancellation is cooperative: the work calls :meth:`check` (or passes :attr:`stop` on, e.g. as
     a sweep's ``cancel`` flag) and stops at the next chance.
+
+    Attributes:
+        running (bool): a computation is under way.
+        done, total (int): its progress, as the work reports it with :meth:`report`.
+        message (str): HTML the tab shows (busy, cancelled, an error).
     """
 
-    def __init__(self, button: W.Button, stop_button: W.Button) -> None:
-        self.button, self.stop_button = button, stop_button
+    running = T.Bool(False)
+    done = T.Int(0)
+    total = T.Int(1)
+    message = T.Unicode("")
+
+    def __init__(self) -> None:
+        super().__init__()
         self.stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        stop_button.on_click(lambda _: self.cancel())
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def start(self, work: Callable[[], None], *, block: bool = False) -> None:
-        """Run ``work()``; the buttons come back when it ends, however it ends."""
+        """Run ``work()``; ``running`` goes back to False when it ends, however it ends."""
         self.stop.clear()
-        self.button.disabled, self.stop_button.disabled = True, False
+        self.done = 0
+        self.running = True
 
         def run() -> None:
             try:
                 work()
             finally:
-                self.button.disabled, self.stop_button.disabled = False, True
+                self.running = False
 
         if block:
             run()
         else:
             self._thread = threading.Thread(target=run, daemon=True)
             self._thread.start()
+
+    def report(self, done: int, total: Optional[int] = None) -> None:
+        """Progress from the work (raises :class:`Cancelled` once cancel has been asked)."""
+        self.check()
+        if total is not None:
+            self.total = max(1, int(total))
+        self.done = int(done)
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if cancel has been asked."""
@@ -59,3 +89,253 @@ class ButtonJob:
         """Block until work running in the background has finished."""
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+class Draws:
+    """One draw at a time, latest state wins.
+
+    ``request(draw)`` runs ``draw()`` now unless a draw is held (:meth:`held`) or under way in
+    this thread; requests made meanwhile (from any thread) are coalesced and run once after it.
+    An exception from a draw goes to ``on_error``.
+    """
+
+    def __init__(self, on_error: Callable[[BaseException], None]) -> None:
+        self._on_error = on_error
+        self._lock = threading.RLock()  # held while drawing
+        self._mutex = threading.Lock()  # guards the pending requests and the hold count
+        self._pending: dict[Callable[[], None], None] = {}
+        self._held = 0
+        self._local = threading.local()
+
+    def request(self, draw: Callable[[], None]) -> None:
+        with self._mutex:
+            self._pending[draw] = None
+        self._run()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Change several things and draw once, at the end."""
+        with self._mutex:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._held -= 1
+            self._run()
+
+    def _run(self) -> None:
+        if self._held or getattr(self._local, "drawing", False):
+            return
+        with self._lock:
+            self._local.drawing = True
+            try:
+                for _ in range(8):  # a draw that requests another is run again, not forever
+                    with self._mutex:
+                        if not self._pending or self._held:
+                            return
+                        todo = list(self._pending)
+                        self._pending.clear()
+                    for draw in todo:
+                        try:
+                            draw()
+                        except Exception as exc:  # noqa: BLE001 - shown in the status line
+                            self._on_error(exc)
+            finally:
+                self._local.drawing = False
+
+    def close(self) -> None:
+        """Draw nothing more (the widgets are closed)."""
+        with self._mutex:
+            self._pending.clear()
+            self._held += 1
+
+
+class Jobs:
+    """The model and the background work of one explorer.
+
+    Args:
+        store: where results are written.
+        model: the classifier (None: no curves, sanity check or baselines).
+    """
+
+    def __init__(self, store: Store, model: Optional[torch.nn.Module] = None) -> None:
+        self.store, self.model = store, model
+        self.draws = Draws(on_error=store.report_error)
+        self.runner = None  # a SweepRunner, once attached
+        self._lock = threading.Lock()
+        self._baselines: set[tuple] = set()
+        self._jobs: list[Job] = []
+
+    def job(self) -> Job:
+        """A new :class:`Job`, cancelled by :meth:`cancel`."""
+        job = Job()
+        self._jobs.append(job)
+        return job
+
+    def baseline(self, name: str, class_idx: int, method: str) -> Optional[torch.Tensor]:
+        """The baseline ``method``'s map of the class in [0, 1] at the image size; None until a
+        background thread has computed it (started here, unless running or without a model)."""
+        key = (name, class_idx, method)
+        values = self.store.result("baseline", key)
+        if values is not None or self.model is None:
+            return values
+        with self._lock:
+            if key in self._baselines:
+                return None
+            self._baselines.add(key)
+        threading.Thread(target=self._compute_baseline, args=(key, self.store.mapset(name)), daemon=True).start()
+        return None
+
+    def baseline_running(self, name: str, class_idx: int, method: str) -> bool:
+        with self._lock:
+            return (name, class_idx, method) in self._baselines
+
+    def _compute_baseline(self, key: tuple, ms) -> None:
+        from .. import baselines
+        from ..polycam import display_map
+
+        _, class_idx, method = key
+        try:
+            raw = baselines.saliency(method, self.model, ms.image, class_idx)
+            values = display_map(raw.detach().float().to(ms.device), ms.size)
+            with self._lock:
+                self._baselines.discard(key)
+            if self.store.get(key[0]) is ms:  # not replaced meanwhile
+                self.store.put_result("baseline", key, values)
+        except Exception as exc:  # noqa: BLE001 - shown in the widget
+            with self._lock:
+                self._baselines.discard(key)
+            self.store.report_error(exc)
+
+    def cancel(self) -> None:
+        """Stop every running job and sweep."""
+        for job in self._jobs:
+            job.cancel()
+        if self.runner is not None:
+            self.runner.cancel()
+
+
+class JobTab:
+    """A tab that computes a result on demand for the main panel: a button, a cancel button, a
+    progress bar and a message; results are kept in the store under :attr:`what` and the one for
+    the state on screen is shown.
+
+    Subclasses set :attr:`what`, :attr:`watches` (the state traits their key depends on) and
+    implement :meth:`key`, :meth:`run` (in the worker: returns the result) and :meth:`show`.
+    """
+
+    what: str = ""
+    watches: tuple[str, ...] = ("image", "klass", "variant", "depth", "lnorm")
+
+    def __init__(self, state, store: Store, jobs: Jobs, *, label: str, icon: str) -> None:
+        self.state, self.store, self.jobs = state, store, jobs
+        self.job = jobs.job()
+        self.button = W.Button(description=label, icon=icon)
+        self.stop_button = W.Button(description="cancel", icon="stop", disabled=True)
+        self.progress = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="200px"))
+        self.message = W.HTML()
+        T.dlink((self.job, "total"), (self.progress, "max"))
+        T.dlink((self.job, "done"), (self.progress, "value"))
+        T.dlink((self.job, "message"), (self.message, "value"))
+        self.job.observe(self._on_running, names="running")
+        self.button.on_click(lambda _: self._clicked())
+        self.stop_button.on_click(lambda _: self.cancel())
+        state.observe(lambda _: self.refresh(), names=list(self.watches))
+        store.subscribe(self._on_store)
+        self._idle = not self.available()
+        self.button.disabled = self._idle
+
+    # ----- what subclasses provide ----------------------------------------------------------
+    def available(self) -> bool:
+        """Whether the tab can compute at all (a model, the libraries it needs)."""
+        return self.jobs.model is not None
+
+    def key(self, panel) -> tuple:
+        raise NotImplementedError
+
+    def run(self, key: tuple, ms, panel) -> Any:
+        raise NotImplementedError
+
+    def show(self, result: Any, key: Optional[tuple]) -> None:
+        raise NotImplementedError
+
+    def check_available(self) -> None:
+        """Raise (ValueError, ImportError) naming what is missing to compute."""
+
+    def busy_message(self, key: tuple, ms) -> str:
+        return ""
+
+    # ----- the pattern ----------------------------------------------------------------------
+    @property
+    def cache(self) -> dict[Hashable, Any]:
+        """The results computed so far (a copy)."""
+        return self.store.results(self.what)
+
+    def current(self) -> Optional[tuple]:
+        """(key, map set, main panel) of the state on screen, or None without an image."""
+        ms = self.store.get(self.state.image)
+        if ms is None or ms.depth_available == 0:
+            return None
+        panel = main_panel(self.state, ms)
+        return self.key(panel), ms, panel
+
+    def refresh(self) -> None:
+        """Show the cached result of the state on screen (or none), as one draw."""
+        self.jobs.draws.request(self._show_current)
+
+    def _show_current(self) -> None:
+        now = self.current()
+        key = now[0] if now is not None else None
+        self.show(self.store.result(self.what, key) if key is not None else None, key)
+
+    def compute(self, *, block: bool = False) -> None:
+        """Compute the result for the main panel (in a thread unless ``block``); a cached one is shown."""
+        self.check_available()
+        if self.job.running:
+            return
+        now = self.current()
+        if now is None:
+            return
+        key, ms, panel = now
+        if self.store.result(self.what, key) is not None:
+            self.refresh()
+            return
+        self.job.message = self.busy_message(key, ms)
+        self.job.start(lambda: self._work(key, ms, panel), block=block)
+
+    def _work(self, key: tuple, ms, panel) -> None:
+        from ..probes import SweepCancelled
+
+        try:
+            result = self.run(key, ms, panel)
+            self.job.message = ""
+            self.store.put_result(self.what, key, result)
+        except (Cancelled, SweepCancelled):
+            self.job.message = "<i>cancelled</i>"
+        except Exception as exc:  # noqa: BLE001 - shown in the widget
+            self.job.message = (f"<span style='color:#b00020'><b>{type(exc).__name__}</b>: "
+                                  f"{html.escape(str(exc))}</span>")
+            self.store.report_error(exc)
+
+    def _clicked(self) -> None:
+        try:
+            self.compute()
+        except Exception as exc:  # noqa: BLE001
+            self.store.report_error(exc)
+
+    def _on_running(self, change) -> None:
+        self.button.disabled = change["new"] or self._idle
+        self.stop_button.disabled = not change["new"]
+
+    def _on_store(self, event: Event) -> None:
+        if event.kind == "result" and event.what == self.what or event.kind in ("mapset", "probed"):
+            self.refresh()
+
+    def cancel(self) -> None:
+        """Stop a computation running in the background (at its next progress report)."""
+        self.job.cancel()
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Block until a computation running in the background has finished."""
+        self.job.wait(timeout)

@@ -14,14 +14,50 @@ import numpy as np
 from ..baselines import METHODS
 from ..mapset import MapSet
 from ..polycam import canonical_variant
-from .frames import Panel
+from .frames import Look, Panel, display_size
+from .state import PIN_FIELDS, ViewState
 
 BASELINES = tuple(METHODS)  # the libraries behind them are imported only when one is used
+BASELINE_NAMES = {  # what the baselines are called in their papers (the ids are the API's)
+    "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "smoothgradcampp": "Smooth Grad-CAM++",
+    "scorecam": "Score-CAM", "sscam": "Smoothed Score-CAM (SS-CAM)", "iscam": "Integrated Score-CAM (IS-CAM)",
+    "layercam": "Layer-CAM", "layercamfusion": "Layer-CAM (fusion of layers)", "ig": "Integrated Gradients",
+    "ixg": "Input × Gradient", "sg": "SmoothGrad", "occlusion": "Occlusion", "rise": "RISE",
+}
 VARIANT_OPTIONS = [("PCAM+", "+"), ("PCAM-", "-"), ("PCAM±", "+-")]
 VARIANT_NAMES = {v: n for n, v in VARIANT_OPTIONS}
 COMPARE_OPTIONS = [("single view", "none"), ("the three variants", "variants"),
                    ("top classes", "classes"), ("depths", "depths"), ("LNorm on / off", "lnorm")]
-PIN_FIELDS = frozenset({"class_idx", "variant", "depth", "lnorm", "other_class", "method"})
+
+
+def baseline_name(method: str) -> str:
+    """The readable name of a baseline id (the id itself for one this table does not know)."""
+    return BASELINE_NAMES.get(method, method)
+
+
+def main_panel(state: ViewState, ms: MapSet) -> Panel:
+    """The panel the controls describe (depth clamped to what is probed so far)."""
+    depth = min(int(state.depth), max(1, ms.depth_available))
+    return Panel(int(state.klass), state.variant, depth, bool(state.lnorm), int(state.other_class))
+
+
+def panels_for(state: ViewState, ms: MapSet) -> list[Panel]:
+    """The panels on screen: the main one, or one per pin, and the baseline ``beside`` last."""
+    return arrange(main_panel(state, ms), state.pins, state.beside or None, ms.depth_available)
+
+
+def look(state: ViewState) -> Look:
+    """How the panels are drawn (mode, colormap, opacity, zoom)."""
+    return Look(state.mode, state.cmap, float(state.opacity), state.zoom)
+
+
+def panel_display_size(image_size: tuple[int, int], zoom, n: int, longest: int) -> tuple[int, int]:
+    """The on-screen size of each of ``n`` panels: the (zoomed) image's aspect ratio, the
+    longest side ``longest`` for one panel and smaller for several."""
+    h, w = image_size
+    box = zoom or (0, 0, h, w)
+    side = longest if n == 1 else max(160, int(longest * (0.75 if n > 2 else 0.9)))
+    return display_size((box[2] - box[0], box[3] - box[1]), side)
 
 
 def arrange(base: Panel, pins: list[dict], beside: Optional[str], depth_available: int) -> list[Panel]:
@@ -93,9 +129,10 @@ def preset(name: str, ms: MapSet) -> list[dict]:
 
 
 def depth_options(ms: MapSet) -> list[tuple[str, int]]:
-    """The depth slider's options: ``"depth: layer (h×w)"`` for depths 1 (coarsest) .. L."""
+    """The depth slider's options: ``"depth: layer (h×w)"`` for the depths probed so far,
+    1 (coarsest) .. ``depth_available`` (all L once the sweep is complete)."""
     out = []
-    for depth in range(1, len(ms.layers) + 1):
+    for depth in range(1, max(1, ms.depth_available) + 1):
         index = len(ms.layers) - depth
         h, w = ms.activations[index].shape[-2:]
         out.append((f"{depth}: {ms.layers[index]} ({h}×{w})", depth))
@@ -107,7 +144,7 @@ def caption(ms: MapSet, panel: Panel, *, against: Optional[int] = None, computin
     ``against``: the contrast view's second class; ``computing``: a baseline map not ready yet."""
     klass = f"{html.escape(ms.class_names[panel.class_idx])} ({float(ms.probs[panel.class_idx]):.3f})"
     if panel.method is not None:
-        return f"{html.escape(panel.method)} · {klass}" + (" · <i>computing…</i>" if computing else "")
+        return f"{html.escape(baseline_name(panel.method))} · {klass}" + (" · <i>computing…</i>" if computing else "")
     layer = ms.layers[len(ms.layers) - panel.depth]
     text = (f"{VARIANT_NAMES[panel.variant]} · {klass} · depth {panel.depth}/{len(ms.layers)} ({layer})"
             + ("" if panel.lnorm else " · no LNorm"))

@@ -1,22 +1,27 @@
 """The Recursion tab: a thumbnail per depth (the paper's Figure 1) and one step of eq. 3.
 
-The Explorer hands it what to draw (map set, panel, image, colormap); a click on a thumbnail is
-reported back through ``on_depth``. Both views are cached, so redrawing with nothing changed
-pushes no pixels.
+It observes the view state and draws the first panel on screen; a click on a thumbnail sets the
+state's depth. Both views are cached, so redrawing with nothing changed pushes no pixels.
 """
 from __future__ import annotations
 
 import html
-from typing import Callable, Optional
+from typing import Optional
 
 import ipywidgets as W
 import numpy as np
 import torch
 
-from .. import render
-from ..mapset import MapSet
-from . import frames
-from .canvas import FrameCanvas
+from ... import render
+from ...mapset import MapSet
+from .. import frames
+from ..canvas import FrameCanvas
+from ..jobs import Jobs
+from ..panels import panels_for
+from ..state import ViewState
+from ..store import Event, Store
+
+DRAWN_BY = ("image", "klass", "other_class", "variant", "depth", "lnorm", "cmap", "pins", "beside")
 
 STRIP_TILE, STRIP_PAD = 72, 4  # recursion strip: thumbnail size and the gap around each
 TEACHING_TILE = 140  # one map of the teaching view, on screen
@@ -29,14 +34,11 @@ def render_unit(values: torch.Tensor) -> torch.Tensor:
 
 
 class RecursionView:
-    """The strip of every depth and the teaching view of one recursion step.
+    """The strip of every depth and the teaching view of one recursion step of the first panel
+    on screen; a click on a thumbnail sets ``state.depth``."""
 
-    Args:
-        on_depth: called with a depth (1..depths drawn) when its thumbnail is clicked.
-    """
-
-    def __init__(self, on_depth: Callable[[int], None]) -> None:
-        self.on_depth = on_depth
+    def __init__(self, state: ViewState, store: Store, jobs: Jobs) -> None:
+        self.state, self.store, self.jobs = state, store, jobs
         self.strip = FrameCanvas((STRIP_TILE, STRIP_TILE), on_click=self.click)
         self.teaching = FrameCanvas((150, 600))
         self.caption = W.HTML()
@@ -47,6 +49,23 @@ class RecursionView:
                                      "its depth)"), self.strip.canvas,
                               W.HTML("<b>One step of the recursion</b> (eq. 3 of the paper)"),
                               self.teaching.canvas, self.caption])
+        state.observe(lambda _: self.request(), names=list(DRAWN_BY))
+        store.subscribe(self._on_store)
+
+    def request(self) -> None:
+        self.jobs.draws.request(self.draw)
+
+    def _on_store(self, event: Event) -> None:
+        if event.kind == "probed" and event.name == self.state.image:
+            self.request()
+
+    def draw(self) -> None:
+        """Draw the strip and the teaching view of the first panel on screen (if any)."""
+        ms = self.store.get(self.state.image)
+        if ms is None or ms.depth_available == 0:
+            return
+        panel = panels_for(self.state, ms)[0]
+        self.render(ms, panel, self.store.image(self.state.image), self.state.cmap)
 
     def render(self, ms: MapSet, panel: frames.Panel, image: np.ndarray, cmap: str) -> None:
         """Draw the strip and the teaching view of ``panel`` (``image``: the map set's uint8 image)."""
@@ -103,7 +122,7 @@ class RecursionView:
         # thumbnail d starts at STRIP_PAD + (d - 1) * (STRIP_TILE + STRIP_PAD); split the gaps evenly
         depth = int((x - STRIP_PAD / 2) // (STRIP_TILE + STRIP_PAD)) + 1
         if 1 <= depth <= self._depths_drawn:
-            self.on_depth(depth)
+            self.state.depth = depth
 
     def close(self) -> None:
         """Close the widgets and forget the cached pixels (and the map sets their keys hold)."""

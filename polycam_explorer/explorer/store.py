@@ -1,0 +1,164 @@
+"""The explorer's data: map sets, decoded images and results (curves, sanity checks, baseline
+maps), behind one lock, with change events.
+
+Workers (sweeps, curves, baselines) write here and never touch a view; views subscribe with
+:meth:`Store.subscribe` and draw what they read from the store and the view state.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Optional
+
+import numpy as np
+
+from .. import render
+from ..mapset import MapSet
+
+RESULT_KINDS = ("curves", "sanity", "baseline")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change in the store.
+
+    ``kind`` is one of: ``"mapset"`` (a map set was added or replaced; ``name``, ``show``),
+    ``"probed"`` (a running sweep probed another layer of ``name``), ``"result"`` (``what`` is a
+    :data:`RESULT_KINDS` entry, ``key`` its key), ``"progress"`` (``value``: the sweep's
+    ``(name, done, total)`` or None when it is over), ``"error"`` (``value``: the exception).
+    """
+
+    kind: str
+    name: str = ""
+    what: str = ""
+    key: Any = None
+    value: Any = None
+    show: bool = False
+
+
+class Store:
+    """Map sets by name (in the order added), their uint8 images and results, thread-safe."""
+
+    def __init__(self, mapsets: Optional[dict[str, MapSet]] = None) -> None:
+        self._lock = threading.RLock()
+        self._mapsets: dict[str, MapSet] = dict(mapsets or {})
+        self._images: dict[str, np.ndarray] = {}
+        self._results: dict[str, dict[Hashable, Any]] = {k: {} for k in RESULT_KINDS}
+        self._subscribers: list[Callable[[Event], None]] = []
+        self.progress: Optional[tuple] = None
+
+    # ----- events ---------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` after every change (in the thread that made it)."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def _emit(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:  # outside the lock: a subscriber may read the store
+            callback(event)
+
+    # ----- map sets -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._mapsets)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._mapsets
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._mapsets)
+
+    def mapset(self, name: str) -> MapSet:
+        """The map set ``name`` (KeyError naming the images if there is none)."""
+        with self._lock:
+            try:
+                return self._mapsets[name]
+            except KeyError:
+                raise KeyError(f"no image {name!r}; the images are {list(self._mapsets)}") from None
+
+    def get(self, name: str) -> Optional[MapSet]:
+        with self._lock:
+            return self._mapsets.get(name)
+
+    def mapsets(self) -> dict[str, MapSet]:
+        """A copy of the name -> map set dict."""
+        with self._lock:
+            return dict(self._mapsets)
+
+    def add_mapset(self, name: str, ms: MapSet, *, show: bool = False) -> None:
+        """Add or replace a map set; a replaced one's image and results are forgotten."""
+        if not isinstance(ms, MapSet):
+            raise TypeError(f"add_mapset takes a MapSet (from pe.compute_mapset or pe.MapSet.load), "
+                            f"got {type(ms).__name__}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"the name of a map set must be a non-empty str, got {name!r}")
+        with self._lock:
+            self._mapsets[name] = ms
+            self._forget(name)
+        self._emit(Event("mapset", name=name, show=show))
+
+    def probed(self, name: str) -> None:
+        """A running sweep of ``name`` has probed another layer."""
+        self._emit(Event("probed", name=name))
+
+    def image(self, name: str) -> np.ndarray:
+        """The map set's input image as ``H x W x 3`` uint8 (decoded once)."""
+        with self._lock:
+            if name not in self._images:
+                ms = self._mapsets[name]
+                self._images[name] = render.image_uint8(ms.image, ms.mean, ms.std)
+            return self._images[name]
+
+    # ----- results --------------------------------------------------------------------------
+    def result(self, what: str, key: Hashable) -> Any:
+        """The cached result of kind ``what`` under ``key``, or None."""
+        with self._lock:
+            return self._results[what].get(key)
+
+    def results(self, what: str) -> dict:
+        """A copy of every result of kind ``what``."""
+        with self._lock:
+            return dict(self._results[what])
+
+    def put_result(self, what: str, key: Hashable, value: Any) -> None:
+        """Store a result (keys of curves and sanity checks start with the image name)."""
+        with self._lock:
+            self._results[what][key] = value
+        self._emit(Event("result", what=what, key=key, value=value))
+
+    def _forget(self, name: str) -> None:
+        self._images.pop(name, None)
+        for what, results in self._results.items():
+            self._results[what] = {k: v for k, v in results.items() if k[0] != name}
+
+    # ----- what workers report ----------------------------------------------------------------
+    def set_progress(self, progress: Optional[tuple]) -> None:
+        """``(name, done, total)`` while a sweep runs; None when it is over."""
+        self.progress = progress
+        self._emit(Event("progress", value=progress))
+
+    def report_error(self, exc: BaseException) -> None:
+        """An error in background work or in a callback, for the status line."""
+        self._emit(Event("error", value=exc))
+
+    def clear(self) -> None:
+        """Drop every map set (and free their cached maps), image and result."""
+        with self._lock:
+            for ms in self._mapsets.values():
+                _free(ms)
+            self._mapsets.clear()
+            self._images.clear()
+            for results in self._results.values():
+                results.clear()
+            self._subscribers.clear()
+
+
+def _free(ms: MapSet) -> None:
+    """Drop a map set's cached P stacks (its GPU memory). MapSet has no public method for this
+    yet: the engine is asked for ``MapSet.clear_cache()``."""
+    with ms._cache_lock:
+        ms._cache.clear()

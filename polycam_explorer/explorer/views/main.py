@@ -1,0 +1,156 @@
+"""The main view: one canvas per panel with its caption, hover readout, drag-to-zoom, the legend
+of the two-colour views and the status line."""
+from __future__ import annotations
+
+import functools
+import html
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import ipywidgets as W
+
+from .. import frames
+from ..canvas import FrameCanvas
+from ..jobs import Jobs
+from ..panels import caption, look, panel_display_size, panels_for
+from ..state import ViewState
+from ..store import Event, Store
+
+DRAWN_BY = ("image", "klass", "other_class", "variant", "depth", "lnorm", "mode", "cmap", "opacity", "zoom",
+            "pins", "beside")
+
+
+class MainView:
+    """The panels side by side (``panels_box``), ``hover``, ``legend``, ``status`` and ``reset_zoom``.
+
+    Args:
+        size: the longest side of a single panel on screen, in pixels.
+    """
+
+    def __init__(self, state: ViewState, store: Store, jobs: Jobs, *, size: int) -> None:
+        self.state, self.store, self.jobs, self.size = state, store, jobs, size
+        self.canvases: list[FrameCanvas] = []
+        self.captions: list[W.HTML] = []
+        self.panels_box = W.HBox()
+        self.hover = W.HTML("&nbsp;")
+        self.status = W.HTML()
+        self.legend = W.HTML(layout=W.Layout(display="none"))
+        self.reset_zoom = W.Button(description="reset zoom", icon="search-minus", disabled=True)
+        self.reset_zoom.on_click(lambda _: self.set_zoom(None))
+        state.observe(lambda _: self.request(), names=list(DRAWN_BY))
+        state.observe(self._on_image, names="image")
+        state.observe(self._on_zoom, names="zoom")
+        store.subscribe(self._on_store)
+
+    def request(self) -> None:
+        """Ask for a draw (now, or once the changes under way are done)."""
+        self.jobs.draws.request(self.draw)
+
+    # ----- events -----------------------------------------------------------------------------
+    def _on_image(self, _change) -> None:
+        self.hover.value = "&nbsp;"  # the value under the pointer belonged to the previous image
+
+    def _on_zoom(self, change) -> None:
+        self.reset_zoom.disabled = change["new"] is None
+
+    def _on_store(self, event: Event) -> None:
+        if event.kind == "error":
+            self.show_error(event.value)
+        elif event.kind == "probed" and event.name == self.state.image:
+            self.request()
+        elif event.kind == "result" and event.what == "baseline" and event.key[0] == self.state.image:
+            self.request()
+
+    # ----- drawing ----------------------------------------------------------------------------
+    def draw(self) -> None:
+        """Draw every panel from the state (one frame per panel)."""
+        mode = self.state.mode
+        self.legend.value = frames.legend_html(mode)
+        self.legend.layout.display = None if self.legend.value else "none"
+        ms = self.store.get(self.state.image)
+        if ms is None:
+            self.status.value = "<i>waiting for the first map set…</i>"
+            return
+        if ms.depth_available == 0:
+            self.status.value = "<i>probing the coarsest layer…</i>"
+            return
+        panels = panels_for(self.state, ms)
+        self._ensure_canvases(len(panels), ms.size)
+        how, image, name = look(self.state), self.store.image(self.state.image), self.state.image
+        for canvas, label, panel in zip(self.canvases, self.captions, panels):
+            values = None if panel.method is None else self.jobs.baseline(name, panel.class_idx, panel.method)
+            pixels = frames.frame(ms, panel, how, image, values)
+            canvas.draw(frames.zoom_and_fit(pixels, how.zoom, canvas.size))
+            text = caption(ms, panel, against=self.state.other_class if mode == "contrast" else None,
+                           computing=panel.method is not None and values is None)
+            label.value = f"<span style='font-size:90%'>{text}</span>"
+        # a successful draw replaces any earlier message (an error the user has moved past included)
+        self.status.value = ("" if ms.complete else
+                             f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
+
+    def _ensure_canvases(self, n: int, image_size: tuple[int, int]) -> None:
+        size = panel_display_size(image_size, self.state.zoom, n, self.size)
+        while len(self.canvases) < n:
+            i = len(self.canvases)
+            self.canvases.append(FrameCanvas(size, on_hover=functools.partial(self.hover_at, i),
+                                             on_drag=functools.partial(self.drag, i)))
+            self.captions.append(W.HTML())
+        for c in self.canvases[:n]:
+            c.resize(size)
+        if len(self.panels_box.children) != n:
+            self.panels_box.children = tuple(W.VBox([c.canvas, t]) for c, t in zip(self.canvases[:n],
+                                                                                   self.captions[:n]))
+
+    # ----- pointer ------------------------------------------------------------------------------
+    def hover_at(self, index: int, x: float, y: float) -> None:
+        """Show the saliency under canvas position ``(x, y)`` of panel ``index``."""
+        try:
+            ms = self.store.mapset(self.state.image)
+            panel = panels_for(self.state, ms)[index]
+            pixel = frames.image_pixel(ms.size, self.canvases[index].size, self.state.zoom, x, y)
+            if pixel is None:
+                return
+            values = (frames.panel_map(ms, panel) if panel.method is None else
+                      self.jobs.baseline(self.state.image, panel.class_idx, panel.method))
+            if values is None:
+                return
+            value = float(values[pixel])
+            self.hover.value = f"pixel (row {pixel[0]}, col {pixel[1]}): saliency {value:.3f}"
+        except Exception as exc:  # noqa: BLE001
+            self.show_error(exc)
+
+    def drag(self, index: int, x0: float, y0: float, x1: float, y1: float) -> None:
+        """Zoom to the region dragged on panel ``index``."""
+        ms = self.store.mapset(self.state.image)
+        shown = self.canvases[index].size
+        a = frames.image_pixel(ms.size, shown, self.state.zoom, min(x0, x1), min(y0, y1))
+        b = frames.image_pixel(ms.size, shown, self.state.zoom, max(x0, x1) - 1, max(y0, y1) - 1)
+        if a is not None and b is not None:
+            self.set_zoom((a[0], a[1], b[0] + 1, b[1] + 1))
+
+    def set_zoom(self, box: Optional[frames.Box]) -> None:
+        """Magnify a region ``(top, left, bottom, right)`` of the image in every panel; None resets.
+
+        Raises:
+            ValueError: the box is not inside the image.
+        """
+        if box is not None:
+            top, left, bottom, right = (int(v) for v in box)
+            h, w = self.state.image_size
+            if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+                raise ValueError(f"zoom box must lie inside the {h} x {w} image, got {box}")
+            box = (top, left, bottom, right)
+        self.state.zoom = box
+
+    # ----- messages -----------------------------------------------------------------------------
+    def show_error(self, exc: BaseException) -> None:
+        """Put an exception in the status line (with the last frame of its traceback)."""
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        loc = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
+        self.status.value = (f"<span style='color:#b00020'><b>{type(exc).__name__}</b>: "
+                             f"{html.escape(str(exc))}{loc}</span>")
+
+    def close(self) -> None:
+        for widget in [c.canvas for c in self.canvases] + self.captions:
+            widget.close()
