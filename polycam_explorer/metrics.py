@@ -75,10 +75,16 @@ def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: in
 def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies: Sequence[torch.Tensor],
                         class_idxs: Sequence[int], n_steps: int = 224, *,
                         kinds: Sequence[str] = ("insertion", "deletion"), batch_size: int = 32,
-                        rise: bool = False, ties: str = "authors", progress: Progress | None = None
-                        ) -> list[dict[str, tuple[float, np.ndarray]]]:
+                        rise: bool = False, ties: str = "authors", progress: Progress | None = None,
+                        backend: str = "eager") -> list[dict[str, tuple[float, np.ndarray]]]:
     """Insertion and/or deletion of several same-size images at once: the samples of every image
-    and kind share the forward batches. Returns, per image, ``{kind: (auc, curve)}``."""
+    and kind share the forward batches. Returns, per image, ``{kind: (auc, curve)}``.
+
+    ``backend`` runs the forward batches as the sweep's do (:mod:`polycam_explorer.backends`;
+    ``"eager"``, today's path, by default; ``"auto"`` picks the fastest exact path)."""
+    from . import backends, model_fingerprint  # the package's, wherever identity lives
+
+    backends.check_backend(backend)
     clf = as_classifier(model)
     if not xs or not (len(xs) == len(saliencies) == len(class_idxs)):
         raise ValueError("xs, saliencies and class_idxs must be non-empty and of the same length")
@@ -103,12 +109,15 @@ def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies
     classes = torch.as_tensor([int(c) for c in class_idxs], device=device)
     scores = torch.empty(len(jobs), device=device)
     with inference_state(clf.net):
+        run = clf.net if backend == "eager" else backends.runner_for(
+            clf.net, images[:1], backend=backend, batch_size=batch_size, fingerprint=model_fingerprint(clf),
+            probes=len(jobs))
         for s in range(0, len(jobs), batch_size):
             i, insert, t = jobs[s:s + batch_size].unbind(1)
             shown = ranks[i] < (t * per_step).reshape(-1, 1, 1, 1)
             keep = torch.where(insert.bool().reshape(-1, 1, 1, 1), images[i], blurred[i])
             fill = torch.where(insert.bool().reshape(-1, 1, 1, 1), blurred[i], images[i])
-            probs = probabilities(clf.net(torch.where(shown, keep, fill)))
+            probs = probabilities(run(torch.where(shown, keep, fill)))
             if s == 0 and (int(classes.max()) >= probs.shape[1] or int(classes.min()) < 0):
                 raise ValueError(f"class_idx must be in 0..{probs.shape[1] - 1}, got {list(class_idxs)}")
             scores[s:s + batch_size] = probs[torch.arange(len(i), device=device), classes[i]]

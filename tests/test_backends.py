@@ -157,3 +157,18 @@ def test_embedded_model_default_path_gives_the_eager_maps():
     fast = pe.compute_mapset(model, x, batch_size=16, progress=False)
     assert fast.stats["backend"] != "eager"
     assert min_agreement(eager, fast) >= R_MIN
+
+
+@pytest.mark.parametrize("backend", ["auto", "channels_last"])
+def test_faithfulness_forward_batches_on_a_backend(resnet, backend):
+    from polycam_explorer.metrics import faithfulness_curves
+
+    net, x = resnet
+    sal = torch.rand(64, 64)
+    want = faithfulness_curves(net, [x], [sal], [3], 16, batch_size=8)[0]
+    got = faithfulness_curves(net, [x], [sal], [3], 16, batch_size=8, backend=backend)[0]
+    for kind in ("insertion", "deletion"):
+        assert abs(got[kind][0] - want[kind][0]) < 1e-5
+        assert float(abs(got[kind][1] - want[kind][1]).max()) < 1e-5
+    with pytest.raises(ValueError, match="backend must be one of"):
+        faithfulness_curves(net, [x], [sal], [3], 16, backend="fast")
