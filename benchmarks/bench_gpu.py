@@ -19,13 +19,14 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import torch
 
 import polycam_explorer as pe
 from polycam_explorer.metrics import faithfulness_curves
 
-SAMPLE = pe.models.Path(pe.__file__).parent / "data" / "chelsea.jpg"
+SAMPLE = Path(pe.__file__).parent / "data" / "chelsea.jpg"
 
 
 def sync(device: torch.device) -> None:

@@ -26,7 +26,8 @@ import polycam_explorer as pe
 from polycam_explorer.layers import capture_activations
 from polycam_explorer.model_state import inference_state
 from polycam_explorer.mapset import MapSet
-from polycam_explorer.models import model_fingerprint, probabilities
+from polycam_explorer.identity import model_fingerprint
+from polycam_explorer.models import probabilities
 from polycam_explorer.probes import LayerScores
 
 

@@ -1,10 +1,12 @@
 """polycam-explorer: Poly-CAM (Englebert et al., ICPR 2022) maps for every class, variant and
 depth from one probe sweep, and an interactive explorer for them."""
 from .cache import mapset_for
-from .layers import LayerInfo, describe_layers, find_target_layers
+from .layers import LayerInfo, describe_layers
 from .mapset import MapSet, compute_mapset, iter_mapset
 from .metrics import deletion, insertion
-from .models import Classifier, as_classifier, load_image, load_model, model_fingerprint
+from .identity import model_fingerprint
+from .images import load_image
+from .models import Classifier, as_classifier, find_target_layers, load_model
 from .probes import SweepCancelled
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ import torch
 
 from .layers import module_device
 from .mapset import MapSet
-from .models import model_fingerprint
+from .identity import model_fingerprint
 
 MIN_FREE_BYTES = 1 << 20  # below this much free space, a map set (VGG16 at 224: ~10 MB) will not fit
 
@@ -125,7 +125,8 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
     the cache key does not depend on it."""
     from .backends import check_backend
     from .mapset import compute_mapset
-    from .models import as_classifier, load_image, load_model
+    from .images import load_image
+    from .models import as_classifier, load_model
 
     check_backend(backend)  # a bad name is refused before any work
     model = as_classifier(model) if model is not None else load_model()

@@ -14,8 +14,9 @@ from . import render
 from .cache import default_batch_size
 from .files import atomic_write
 from .layers import LAYER_RULES, module_device
-from .mapset import MapSet, compute_mapset
-from .models import load_image, load_model, probabilities
+from .mapset import compute_mapset
+from .images import load_image
+from .models import load_model, probabilities
 
 SAMPLES = Path(__file__).parent / "data"
 VARIANT_FILE_NAMES = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}

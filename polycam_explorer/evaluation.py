@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from .files import atomic_write
-from .layers import find_target_layers, module_device
+from .layers import module_device
 from .mapset import compute_mapset
 from .metrics import faithfulness_curves
-from .models import Classifier, load_image, model_fingerprint, probabilities
+from .identity import model_fingerprint
+from .images import load_image
+from .models import Classifier, find_target_layers, probabilities
 
 VARIANT_OF = {"pcamp": "+", "pcamm": "-", "pcampm": "+-"}
 META_KEY = "__polycam_explorer__"

@@ -236,17 +236,6 @@ def _qualifies(name: str, named: dict[str, nn.Module], outputs: dict[str, object
     return h * w > 1 and input_size[0] % h == 0 and input_size[1] % w == 0
 
 
-def find_target_layers(model: nn.Module, input_size: Sequence[int] = (224, 224),
-                       rule: str | None = None) -> list[str]:
-    """Names of the target layers, input side first (see :func:`describe_layers`); ``rule``
-    defaults to the model's own (``Classifier.layer_rule``: ``"main-path"`` unless the model says
-    otherwise, as the embedded EfficientNet-Lite0 does)."""
-    from .models import as_classifier
-
-    clf = as_classifier(model)
-    return [info.name for info in describe_layers(clf.net, input_size, rule or clf.layer_rule)]
-
-
 def _container_name(name: str, named: dict[str, nn.Module], outputs: dict[str, object]) -> str:
     """Climb to the outermost container whose output is the very tensor of this block's."""
     while "." in name:

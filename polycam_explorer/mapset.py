@@ -19,7 +19,8 @@ from torch import nn
 from . import backends, polycam
 from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
 from .model_state import inference_state
-from .models import as_classifier, model_fingerprint, probabilities
+from .identity import model_fingerprint
+from .models import as_classifier, probabilities
 from .probes import LayerScores, plan_layer, precision_agreement, sweep
 
 CACHE_SIZE = 128

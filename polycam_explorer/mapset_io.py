@@ -187,7 +187,8 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
         ValueError: unreadable, truncated, foreign, pickled or corrupt file; an unreadable format
             version; model or layers that do not match.
     """
-    from .models import Classifier, as_classifier, model_fingerprint
+    from .identity import model_fingerprint
+    from .models import Classifier, as_classifier
 
     path = Path(path)
     name = str(path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 import polycam_explorer as pe

@@ -330,7 +330,6 @@ def test_a_read_only_cache_folder_is_a_warning(tmp_path) -> None:
             fault = "read-only tmpfs"
         else:  # root without mount rights: chmod does not stop root, so simulate EROFS
             folder.mkdir()
-            real_mkstemp = mapset_io.atomic_write.__globals__["tempfile"].mkstemp
 
             def read_only(*args, **kwargs):
                 raise OSError(errno.EROFS, "Read-only file system (simulated)")
