@@ -68,7 +68,7 @@ def ablation_rows(model: nn.Module, x: torch.Tensor, class_idx: int | None = Non
     image = mapset.image
     if image.shape != x.shape or not torch.allclose(image.cpu().float(), x.detach().cpu().float(), atol=1e-6):
         raise ValueError("mapset was computed for another image than x")
-    c = mapset.topk(1)[0][0] if class_idx is None else mapset._class_index(class_idx)
+    c = mapset.topk(1)[0][0] if class_idx is None else mapset.class_index(class_idx)
     jobs = [(v, key, m) for v in polycam.VARIANTS for key, m in ablation_maps(mapset, c, v).items()]
     digests = [hashlib.sha1(m.detach().float().cpu().numpy().tobytes()).hexdigest() for _, _, m in jobs]
     distinct = {d: m for d, (_, _, m) in zip(digests, jobs)}  # identical maps are scored once

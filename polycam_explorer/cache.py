@@ -53,13 +53,11 @@ def cache_key(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.
 def cached(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Tensor,
            folder: str | os.PathLike | None = None, device=None) -> Optional[MapSet]:
     """The cached map set for this model, layers and image, or None (a damaged file is ignored)."""
-    from .mapset_io import load_mapset
-
     path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
     try:
         if not path.is_file():
             return None
-        return load_mapset(path, device=device, model=model, current_version_only=True)
+        return MapSet.load(path, device, model=model, current_version_only=True)
     except (ValueError, OSError):  # unreadable, damaged, older format or another model: a miss
         return None
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import backends, polycam
+from . import backends, mapset_io, polycam
 from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .identity import model_fingerprint
@@ -107,7 +107,7 @@ class MapSet:
 
     def weights(self, class_idx: int, variant: str, layer: int | str) -> torch.Tensor:
         """Channel weights ``w_l,k(c)`` of eq. [4]-[6] for one layer: ``[K]``."""
-        c = self._class_index(class_idx)
+        c = self.class_index(class_idx)
         plus, minus = self.scores(layer)
         return polycam.channel_weights(variant, self.probs[c], plus[:, c], minus[:, c])
 
@@ -123,7 +123,7 @@ class MapSet:
         """
         variant = polycam.canonical_variant(variant)
         # depth_available in the key: a sweep still filling the set never gets a stale stack
-        key = (self._class_index(class_idx), variant, bool(lnorm), self.depth_available)
+        key = (self.class_index(class_idx), variant, bool(lnorm), self.depth_available)
         with self._cache_lock:
             maps = self._cache.get(key)
             if maps is not None:
@@ -174,20 +174,37 @@ class MapSet:
 
     def save(self, path, *, fp16: bool = False) -> None:
         """Write the map set to one ``.npz`` file (atomically; see :mod:`polycam_explorer.mapset_io`)."""
-        from .mapset_io import save_mapset
-
-        save_mapset(self, path, fp16=fp16)
+        mapset_io.save_mapset(self, path, fp16=fp16)
 
     @classmethod
     def load(cls, path, device: torch.device | str | None = None, *, model: nn.Module | None = None,
-             layers: Sequence[str] | None = None) -> "MapSet":
+             layers: Sequence[str] | None = None, current_version_only: bool = False) -> "MapSet":
         """Read a map set saved by :meth:`save`; never runs code (no pickle).
 
-        With ``model`` (or ``layers``), a file made with another model (or other layers) is refused.
-        """
-        from .mapset_io import load_mapset
+        With ``model`` (or ``layers``), a file made with another model (or other layers) is refused;
+        ``current_version_only`` refuses files of older format versions (the cache uses it).
 
-        return load_mapset(path, device=device, model=model, layers=layers)
+        Raises:
+            ValueError: unreadable, foreign, pickled or corrupt file; another model or layers; a bad
+                ``device`` (see :func:`polycam_explorer.mapset_io.read_mapset`).
+        """
+        target = mapset_io.check_device(device)
+        stored = mapset_io.read_mapset(path, model=model, layers=layers, current_version_only=current_version_only)
+        ms = cls(**stored.fields)
+        for index, scores in enumerate(stored.scores):
+            if scores is not None:
+                ms.set_scores(index, scores)
+        return ms if target.type == "cpu" else ms.to(target)
+
+    @property
+    def probed(self) -> list[bool]:
+        """Per layer (fine -> coarse), whether its scores are in (a running sweep fills coarsest first)."""
+        return [plus is not None for plus in self._plus]
+
+    def clear_cache(self) -> None:
+        """Forget the cached P stacks (they are recomputed on the next read)."""
+        with self._cache_lock:
+            self._cache.clear()
 
     def __repr__(self) -> str:
         top = self.topk(1)[0]
@@ -195,7 +212,12 @@ class MapSet:
                 f"depth {self.depth_available}/{len(self.layers)}, top: {top[1]!r} {top[2]:.3f})")
 
     # ----- checks ----------------------------------------------------------------------------
-    def _class_index(self, class_idx: int) -> int:
+    def class_index(self, class_idx: int) -> int:
+        """``class_idx`` checked: an int (Python, numpy or a one-element tensor) in range.
+
+        Raises:
+            ValueError: not an int, or out of range (the message says the range).
+        """
         class_idx = _integer(class_idx, "class_idx")
         if not 0 <= class_idx < self.num_classes:
             raise ValueError(f"class_idx {class_idx} is out of range: the model has {self.num_classes} "

@@ -42,6 +42,7 @@ import os
 import warnings
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +51,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write
+from .probes import LayerScores
 
 FORMAT = "polycam-explorer/mapset"
 VERSION = 2
@@ -77,7 +79,7 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
     header = {
         "format": FORMAT, "version": VERSION, "layers": ms.layers, "class_names": ms.class_names,
         "model_name": ms.model_name, "model_id": ms.model_id, "mean": list(ms.mean), "std": list(ms.std),
-        "probed": [p is not None for p in ms._plus], "stats": ms.stats,
+        "probed": ms.probed, "stats": ms.stats,
         "dtype": "float16" if fp16 else "float32",
     }
     try:  # never write a file that loading would refuse
@@ -98,14 +100,15 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
     stored = []
     for i, (layer, act) in enumerate(zip(ms.layers, ms.activations)):
         stored.append((f"act_{i}", f32(act, f"the activations of layer {layer!r}"), 0))
-        if ms._plus[i] is not None:
+        if ms.probed[i]:
+            s_plus, s_minus = ms.scores(i)
             expected = (act.shape[0] if act.dim() else 0, arrays["s0"].shape[0] if arrays["s0"].ndim else 0)
-            shapes = (tuple(ms._plus[i].shape), tuple(ms._minus[i].shape))
+            shapes = (tuple(s_plus.shape), tuple(s_minus.shape))
             if shapes != (expected, expected):
                 raise ValueError(f"cannot save the map set to {str(path)!r}: the scores (S+, S-) of layer "
                                  f"{layer!r} have shapes {shapes}, expected {expected} (channels, classes)")
-            stored.append((f"splus_{i}", f32(ms._plus[i], f"S+ of layer {layer!r}"), 1))
-            minus = f32(ms._minus[i], f"S- of layer {layer!r}")
+            stored.append((f"splus_{i}", f32(s_plus, f"S+ of layer {layer!r}"), 1))
+            minus = f32(s_minus, f"S- of layer {layer!r}")
             if fp16:
                 stored.append((f"dminus_{i}", s0[None] - minus, 1))
             else:
@@ -177,8 +180,25 @@ class _Corrupt(Exception):
     """What is wrong with a file that is ours but damaged (made a ValueError naming the file)."""
 
 
-def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None = None,
-                layers: Sequence[str] | None = None, current_version_only: bool = False):
+@dataclass
+class Stored:
+    """A map-set file's checked contents: :class:`MapSet`'s keyword arguments and each layer's
+    scores (None for a layer not probed)."""
+
+    fields: dict
+    scores: list[LayerScores | None]
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device (the CPU for None), or a ValueError saying what is accepted."""
+    try:
+        return torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}") from exc
+
+
+def read_mapset(path: str | os.PathLike, *, model: nn.Module | None = None,
+                layers: Sequence[str] | None = None, current_version_only: bool = False) -> Stored:
     """Read a map-set file; refuse files that are not ours, damaged, or made with another model.
 
     ``current_version_only`` refuses files of older format versions (the cache uses it).
@@ -192,10 +212,6 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
 
     path = Path(path)
     name = str(path)
-    try:
-        target = torch.device(device) if device is not None else torch.device("cpu")
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}") from exc
     if path.is_dir():
         raise ValueError(f"{name!r} is a folder, not a map-set file")
     if not path.is_file():
@@ -229,7 +245,7 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
     if layers is not None and list(layers) != header["layers"]:
         raise ValueError(f"{name!r} was made for layers {header['layers']}, not {list(layers)}")
     try:
-        ms = _build(header, arrays, version)
+        stored = _build(header, arrays, version)
     except _Corrupt as exc:
         raise ValueError(f"corrupt map-set file {name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - anything else the contents provoke is corruption too
@@ -239,7 +255,7 @@ def load_mapset(path: str | os.PathLike, *, device=None, model: nn.Module | None
                       "beyond fp16's range (below 6.1e-5, above 65504); its maps may differ from the "
                       "computed ones: recompute it with pe.compute_mapset and save it again",
                       RuntimeWarning, stacklevel=3)
-    return ms if target.type == "cpu" else ms.to(target)
+    return stored
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -399,10 +415,8 @@ def _array(arrays: dict, name: str, ndim: int, axis: int | None, version: int) -
     return x
 
 
-def _build(h: dict, arrays: dict, version: int):
-    """A MapSet (on the CPU) from a header that passed the schema and arrays checked here."""
-    from .mapset import MapSet
-    from .probes import LayerScores
+def _build(h: dict, arrays: dict, version: int) -> Stored:
+    """The contents (on the CPU) of a header that passed the schema and arrays checked here."""
 
     image = _array(arrays, "image", 4, None, version)
     _check_image(image.shape, len(h["mean"]))
@@ -410,9 +424,11 @@ def _build(h: dict, arrays: dict, version: int):
     n = len(h["class_names"])
     _need(s0.shape == (n,), f"s0 has {s0.shape[0]} probabilities for {n} class names")
     acts = [_array(arrays, f"act_{i}", 3, 0, version) for i in range(len(h["layers"]))]
-    ms = MapSet(image=torch.from_numpy(image), layers=h["layers"], activations=[torch.from_numpy(a) for a in acts],
-                s0=torch.from_numpy(s0), class_names=h["class_names"], model_name=h["model_name"],
-                model_id=h["model_id"], mean=h["mean"], std=h["std"], stats=h["stats"])
+    stored = Stored(fields=dict(image=torch.from_numpy(image), layers=h["layers"],
+                                activations=[torch.from_numpy(a) for a in acts], s0=torch.from_numpy(s0),
+                                class_names=h["class_names"], model_name=h["model_name"],
+                                model_id=h["model_id"], mean=h["mean"], std=h["std"], stats=h["stats"]),
+                    scores=[None] * len(h["layers"]))
     for i, probed in enumerate(h["probed"]):
         if not probed:
             continue
@@ -425,5 +441,5 @@ def _build(h: dict, arrays: dict, version: int):
         for key, scores in (("S+", plus), ("S-", minus)):
             _need(scores.shape == expected, f"{key} of layer {h['layers'][i]!r} has shape {scores.shape}, "
                                             f"expected {expected} (channels, classes)")
-        ms.set_scores(i, LayerScores(torch.from_numpy(plus), torch.from_numpy(np.ascontiguousarray(minus))))
-    return ms
+        stored.scores[i] = LayerScores(torch.from_numpy(plus), torch.from_numpy(np.ascontiguousarray(minus)))
+    return stored
