@@ -122,6 +122,29 @@ def captioned(pixels: np.ndarray, lines: Sequence[str], *, width: int | None = N
     return np.asarray(canvas)
 
 
+def strip(tiles: Sequence[np.ndarray], slots: int, *, pad: int = 4) -> np.ndarray:
+    """Equally sized tiles in a row of ``slots`` places on white, ``pad`` pixels around each
+    (tile ``i`` starts at column ``pad + i * (w + pad)``); places beyond the tiles stay white."""
+    h, w = tiles[0].shape[:2] if tiles else (1, 1)
+    out = np.full((h + 2 * pad, slots * (w + pad) + pad, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        x = pad + i * (w + pad)
+        out[pad: pad + h, x: x + w] = tile
+    return out
+
+
+def mark_tile(row: np.ndarray, index: int, width: int, *, pad: int = 4,
+              color: tuple[int, int, int] = (255, 140, 0)) -> np.ndarray:
+    """A copy of a :func:`strip` with a frame of ``color`` in the gap around tile ``index``."""
+    out = row.copy()
+    x = pad + index * (width + pad)
+    frame = out[:, x - pad // 2: x + width + pad // 2]
+    inner = frame[pad: out.shape[0] - pad, pad // 2: pad // 2 + width].copy()
+    frame[:] = color
+    frame[pad: out.shape[0] - pad, pad // 2: pad // 2 + width] = inner
+    return out
+
+
 def grid(tiles: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[str] = (),
          col_labels: Sequence[str] = (), pad: int = 4) -> np.ndarray:
     """Arrange equally sized ``H x W x 3`` tiles in rows, with optional text labels."""

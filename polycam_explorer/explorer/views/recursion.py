@@ -78,22 +78,14 @@ class RecursionView:
         tile, pad = STRIP_TILE, STRIP_PAD
         key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.depth_available)
         if self._strip_cache[0] != key:
-            n = len(ms.layers)
-            base = np.full((tile + 2 * pad, n * (tile + pad) + pad, 3), 255, np.uint8)
             rows, cols = frames.nearest_indices(ms.size, (tile, tile))
             small = image[rows, cols]
-            for depth in range(1, ms.depth_available + 1):
-                values = ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm).cpu().numpy()
-                x = pad + (depth - 1) * (tile + pad)
-                base[pad: pad + tile, x: x + tile] = render.overlay(small, values[rows, cols], cmap, 0.6)
-            self._strip_cache = (key, base)
+            thumbs = [render.overlay(small, ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm)
+                                     .cpu().numpy()[rows, cols], cmap, 0.6)
+                      for depth in range(1, ms.depth_available + 1)]
+            self._strip_cache = (key, render.strip(thumbs, len(ms.layers), pad=pad))
         self._depths_drawn = ms.depth_available
-        strip = self._strip_cache[1].copy()
-        x = pad + (panel.depth - 1) * (tile + pad)
-        frame = strip[:, x - pad // 2: x + tile + pad // 2]
-        inner = frame[pad: pad + tile, pad // 2: pad // 2 + tile].copy()
-        frame[:] = (255, 140, 0)
-        frame[pad: pad + tile, pad // 2: pad // 2 + tile] = inner
+        strip = render.mark_tile(self._strip_cache[1], panel.depth - 1, tile, pad=pad)
         self.strip.resize(strip.shape[:2])
         self.strip.draw(strip)
 
