@@ -48,7 +48,7 @@ def _class_index(model, x: torch.Tensor, spec: str | None) -> int | None:
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
             batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
-            progress: bool = True, layer_rule: str | None = None) -> dict:
+            progress: bool = True, layer_rule: str | None = None, backend: str = "auto") -> dict:
     """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid.
 
     The output folder and the class are checked before the sweep (ValueError naming them).
@@ -60,7 +60,8 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     x = load_image(image, model, size=size)
     device = module_device(model)
     c = _class_index(model, x, class_spec)
-    ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress)
+    ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress,
+                        backend=backend)
     if c is None:
         c = ms.topk(1)[0][0]
     stem = Path(image).stem
@@ -94,7 +95,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
 
 
 def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None = None,
-                 weights: str | None = None) -> Path:
+                 weights: str | None = None, backend: str = "auto") -> Path:
     """Write the notebook that Voila serves: the explorer on ``images`` (the samples if none)."""
     import nbformat
 
@@ -103,8 +104,17 @@ def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None 
             raise ValueError(f"image file {image!r} does not exist")
     paths = [str(Path(i).resolve()) for i in images] or None
     model = "None" if model_name is None else f"pe.load_model({model_name!r}, weights={weights!r})"
+    extra = ""
+    if backend != "auto":
+        import inspect
+
+        from .explorer.explore import explore
+        if "backend" not in inspect.signature(explore).parameters:
+            raise ValueError(f"--backend {backend}: this version of the explorer does not take a backend yet "
+                             "(it sweeps on the default, backend='auto')")
+        extra = f", backend={backend!r}"
     code = ("import polycam_explorer as pe\n"
-            f"explorer = pe.explore({paths!r}, model={model})\n"
+            f"explorer = pe.explore({paths!r}, model={model}{extra})\n"
             "explorer")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -114,14 +124,14 @@ def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None 
 
 
 def serve(images: Sequence[str], *, model_name: str | None = None, weights: str | None = None,
-          port: int = 8866, open_browser: bool = True) -> int:
+          port: int = 8866, open_browser: bool = True, backend: str = "auto") -> int:
     """Open the explorer app in Voila (blocks until Voila stops)."""
     import signal
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="polycam-explorer-") as folder:
-        notebook = app_notebook(images, Path(folder), model_name=model_name, weights=weights)
+        notebook = app_notebook(images, Path(folder), model_name=model_name, weights=weights, backend=backend)
         command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--Voila.ip=127.0.0.1"]
         if not open_browser:
             command.append("--no-browser")
@@ -175,6 +185,14 @@ SIZE = _int_at_least(8)  # load_image's smallest size
 PORT = _int_at_least(1, 65535)
 
 
+def _backend_argument(p: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="how forward passes run: auto (fastest exact path), eager, channels_last, compile, "
+                        "onnxruntime (needs the fast extra); every choice gives the same maps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="polycam-explorer", description="Poly-CAM saliency maps (ICPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
     p.add_argument("--layers", help="comma-separated target layer names (default: discovered)")
     _layer_rule_argument(p)
+    _backend_argument(p)
     p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--size", type=SIZE, help="resize the image to SIZE x SIZE (default: the model's input size)")
     p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
@@ -211,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
     s.add_argument("--port", type=PORT, default=8866)
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    _backend_argument(s)
     return parser
 
 
@@ -227,6 +247,7 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=SIZE, help="resize images to SIZE x SIZE (default: the model's input size)")
     _layer_rule_argument(p)
+    _backend_argument(p)
     p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -264,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              layers=args.layers.split(",") if args.layers else None,
                              batch_size=args.batch_size, size=args.size, cmap=args.cmap,
                              save_mapset=args.save_mapset, progress=not args.no_progress,
-                             layer_rule=args.layer_rule)
+                             layer_rule=args.layer_rule, backend=args.backend)
             for entry in report["top5"]:
                 print(f"{entry['probability']:.3f}  {entry['index']:>4}  {entry['name']}")
             print(f"explained: {report['explained_name']} -> {args.out}")
@@ -280,18 +301,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for path in evaluation.generate(model, args.images, args.methods.split(","), args.out,
                                                 list_file=args.list_file, size=size, batch_size=batch,
                                                 all_depths=args.all_depths, save_mapsets=args.save_mapsets,
-                                                progress=not args.no_progress):
+                                                progress=not args.no_progress, backend=args.backend):
                     print(path)
             else:
                 rows = evaluation.evaluate(model, args.images, _npz_files(args, model.name), args.out,
                                            list_file=args.list_file, size=size, n_steps=args.n_steps,
                                            batch_size=batch,
-                                           images_per_batch=args.images_per_batch, progress=not args.no_progress)
+                                           images_per_batch=args.images_per_batch, progress=not args.no_progress,
+                                           backend=args.backend)
                 if rows is not None:
                     print((Path(args.out) / "summary.md").read_text())
         elif args.command == "serve":
             return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
-                         open_browser=not args.no_browser)
+                         open_browser=not args.no_browser, backend=args.backend)
     except (ValueError, TypeError) as exc:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2

@@ -206,7 +206,8 @@ def _start(out: str | os.PathLike, dist: Dist) -> Path:
 
 def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str], out: str | os.PathLike, *,
              list_file: str | os.PathLike | None = None, size: int | None = None, batch_size: int = 16,
-             all_depths: bool = False, save_mapsets: bool = False, progress: bool = True) -> list[Path]:
+             all_depths: bool = False, save_mapsets: bool = False, progress: bool = True,
+             backend: str = "auto") -> list[Path]:
     """Saliency maps of every image for every method, explaining the model's predicted class.
 
     The three PCAM variants (and every depth) come from one sweep per image, always computed
@@ -241,7 +242,8 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
                 with torch.no_grad():
                     class_idx = int(probabilities(model(x.to(device))).argmax())
                 if any(k[0] in VARIANT_OF or k[0] == "mapset" for k in todo):
-                    ms = compute_mapset(model, x, layers_of[shape], batch_size=batch_size, progress=False)
+                    ms = compute_mapset(model, x, layers_of[shape], batch_size=batch_size, progress=False,
+                                        backend=backend)
                     for (m, depth), path in todo.items():
                         if m == "mapset":
                             ms.save(path, fp16=True)
@@ -372,7 +374,8 @@ def check_map(sal: np.ndarray, where: str) -> None:
 
 def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[str | os.PathLike],
              out: str | os.PathLike, *, list_file: str | os.PathLike | None = None, size: int | None = None,
-             n_steps: int = 224, batch_size: int = 32, images_per_batch: int = 4, progress: bool = True
+             n_steps: int = 224, batch_size: int = 32, images_per_batch: int = 4, progress: bool = True,
+             backend: str = "auto"
              ) -> Optional[list[dict]]:
     """Insertion and deletion of every map of every npz file; per-image csv files in the authors'
     format and a summary table. The samples of ``images_per_batch`` images share forward batches.
@@ -430,7 +433,7 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
                 classes = {n: int(probabilities(model(x)).argmax()) for n, x in xs.items()}
             for stem, maps in loaded:
                 if stem in todo:
-                    _score_group(model, todo[stem], maps, xs, classes, n_steps, batch_size)
+                    _score_group(model, todo[stem], maps, xs, classes, n_steps, batch_size, backend)
                 bar.update(len(group))
     dist.barrier()
     if dist.rank != 0:
@@ -442,7 +445,7 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
 
 
 def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict, classes: dict, n_steps: int,
-                 batch_size: int) -> None:
+                 batch_size: int, backend: str = "auto") -> None:
     """Insertion and deletion of a group of images in shared forward batches; one part file each."""
     names = list(parts)
     sals = []
@@ -451,7 +454,7 @@ def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict
         sals.append(F.interpolate(sal.reshape(1, 1, *sal.shape[-2:]), xs[name].shape[-2:], mode="bilinear",
                                   align_corners=False)[0, 0])
     results = faithfulness_curves(model, [xs[n] for n in names], sals, [classes[n] for n in names], n_steps,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, backend=backend)
     for name, result in zip(names, results):
         (ins_auc, ins), (del_auc, dele) = result["insertion"], result["deletion"]
         record = {"class": classes[name], "ins_auc": ins_auc, "del_auc": del_auc,
