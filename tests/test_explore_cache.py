@@ -244,3 +244,13 @@ def test_the_default_map_set_uses_the_models_layers(default_model):
     ms = pe.compute_mapset(default_model, x, progress=False)
     assert ms.layers == pe.find_target_layers(default_model, (64, 64))
     assert ms.layers[0] == "blocks.1.0.bn1" and all(float(a.min()) >= 0 for a in ms.activations)
+
+
+def test_explore_takes_a_backend_and_refuses_an_unknown_one(tiny_model, tmp_path, opened):
+    ex = pe.explore(_images(1, seed=5), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=SIZE,
+                    backend="eager")
+    opened.append(ex)
+    assert not errors(ex) and ex.mapsets["image 1"].complete
+    assert ex.mapsets["image 1"].stats["backend"] == "eager"
+    with pytest.raises(ValueError, match="backend"):
+        pe.explore(_images(1), model=tiny_model, cache_dir=tmp_path, backend="warp-drive")

@@ -8,14 +8,14 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet
 from PIL import Image
 
 import polycam_explorer as pe
-from conftest import TinyNet
 from polycam_explorer import render
 from polycam_explorer.explorer import frames
-from polycam_explorer.explorer.views import faithfulness
 from polycam_explorer.explorer.frames import Look, Panel
+from polycam_explorer.explorer.views import faithfulness
 
 SIZE = 64  # panel size on screen: 4 canvas pixels per pixel of the 16 x 16 tiny image
 TOP = 3  # the tiny model's top-1 class on tiny_x (then 1, 0, 4, 2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Union
 
 import ipywidgets as W
 import numpy as np
@@ -16,11 +16,11 @@ import torch
 
 from ..mapset import MapSet
 from . import frames
-from .controls import Controls
+from .controls import Controls, descendants
 from .jobs import Jobs
 from .panels import checked_pins, look, main_panel, panels_for, preset
 from .state import ViewState
-from .store import Event, Store
+from .store import Event, MapSets, Store, named_mapsets
 from .uploads import upload_to_image
 from .views.baselines import BaselinesView
 from .views.export import ExportView
@@ -28,28 +28,6 @@ from .views.faithfulness import FaithfulnessView
 from .views.main import MainView
 from .views.recursion import RecursionView
 from .views.sanity import SanityView
-
-MapSets = Union[MapSet, Sequence[MapSet], Mapping[str, MapSet], str, Path]
-
-
-def _named(mapsets: MapSets) -> dict[str, MapSet]:
-    if isinstance(mapsets, MapSet):
-        return {"image": mapsets}
-    if isinstance(mapsets, (str, Path)):
-        files = sorted(Path(mapsets).glob("*.npz"))
-        if not files:
-            raise ValueError(f"no map-set files (*.npz) in {str(mapsets)!r}")
-        return {f.name.removesuffix(".npz").removesuffix(".mapset"): MapSet.load(f) for f in files}
-    if isinstance(mapsets, Mapping):
-        named = dict(mapsets)
-    elif isinstance(mapsets, Sequence):
-        named = {f"image {i + 1}": ms for i, ms in enumerate(mapsets)}
-    else:
-        raise TypeError("Explorer takes a MapSet, a list or dict of them, or a folder of saved map sets; "
-                        f"got {type(mapsets).__name__}")
-    if not all(isinstance(ms, MapSet) for ms in named.values()):
-        raise TypeError("Explorer takes MapSet objects (a MapSet, a list or a dict of them)")
-    return named
 
 
 def _panel_size(size: object) -> int:
@@ -76,7 +54,7 @@ class Explorer(W.VBox):
 
     def __init__(self, mapsets: MapSets, *, model: Optional[torch.nn.Module] = None, size: int = 320,
                  export_dir: Union[str, Path, None] = None) -> None:
-        named, self.panel_size = _named(mapsets), _panel_size(size)
+        named, self.panel_size = named_mapsets(mapsets), _panel_size(size)
         self.model = model
         self.store = Store(named)
         self.jobs = Jobs(self.store, model)
@@ -311,7 +289,7 @@ class Explorer(W.VBox):
         self.jobs.cancel()
         self.jobs.draws.close()
         self.store.clear()
-        for widget in _descendants(self):
+        for widget in descendants(self):
             if widget is not self:
                 widget.close()
         self.main.close()
@@ -319,26 +297,6 @@ class Explorer(W.VBox):
         super().close()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _descendants(root: W.Widget) -> list[W.Widget]:
-    """Every widget reachable from ``root`` through its public synced traits (children, layout,
-    style, a figure's marks, axes and scales): closing a Box does not close what it holds.
-    Private traits are skipped: they hold shared singletons such as ipycanvas's canvas manager."""
-    found: dict[int, W.Widget] = {}
-    stack = [root]
-    while stack:
-        widget = stack.pop()
-        if id(widget) in found:
-            continue
-        found[id(widget)] = widget
-        for key in (k for k in widget.keys if not k.startswith("_")):
-            value = getattr(widget, key, None)
-            if isinstance(value, dict):
-                value = list(value.values())
-            stack.extend(v for v in (value if isinstance(value, (list, tuple)) else [value])
-                         if isinstance(v, W.Widget))
-    return list(found.values())
 
 
 def _forward(part: str, name: str) -> property:

@@ -217,3 +217,23 @@ class Controls:
             W.HBox([self.variant, self.lnorm]),
             W.HBox([self.depth, self.depth_label]),
         ]
+
+
+def descendants(root: W.Widget) -> list[W.Widget]:
+    """Every widget reachable from ``root`` through its public synced traits (children, layout,
+    style, a figure's marks, axes and scales): closing a Box does not close what it holds.
+    Private traits are skipped: they hold shared singletons such as ipycanvas's canvas manager."""
+    found: dict[int, W.Widget] = {}
+    stack = [root]
+    while stack:
+        widget = stack.pop()
+        if id(widget) in found:
+            continue
+        found[id(widget)] = widget
+        for key in (k for k in widget.keys if not k.startswith("_")):
+            value = getattr(widget, key, None)
+            if isinstance(value, dict):
+                value = list(value.values())
+            stack.extend(v for v in (value if isinstance(value, (list, tuple)) else [value])
+                         if isinstance(v, W.Widget))
+    return list(found.values())

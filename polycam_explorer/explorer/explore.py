@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import cache
+from .. import backends, cache
+from ..images import ImageLike, load_image
 from ..layers import module_device
 from ..mapset import iter_mapset
-from ..images import ImageLike, load_image
 from ..models import as_classifier, load_model
 from .app import Explorer
 from .store import Store
@@ -46,12 +46,12 @@ class SweepRunner:
     progress and errors go to ``store`` (never to a view)."""
 
     def __init__(self, store: Store, model: torch.nn.Module, *, layers, batch_size: Optional[int],
-                 device, size, cache_dir) -> None:
-        self.store, self.model = store, as_classifier(model)
+                 device, size, cache_dir, backend: str = "auto") -> None:
+        self.store, self.model, self.backend = store, as_classifier(model), backend
         self.layers, self.device, self.size, self.cache_dir = layers, device, size, cache_dir
         run_device = torch.device(device) if device is not None else module_device(self.model)
         self.batch_size = batch_size or cache.default_batch_size(run_device)
-        self.queue: "queue.Queue[tuple[str, ImageLike, bool]]" = queue.Queue()
+        self.queue: queue.Queue[tuple[str, ImageLike, bool]] = queue.Queue()
         self.stop = threading.Event()
         self.thread: Optional[threading.Thread] = None  # the worker; None once it has finished
         # the worker decides to finish and submit decides to start one under this lock, so an
@@ -111,7 +111,7 @@ class SweepRunner:
         first = True
         for ms in iter_mapset(self.model, x, self.layers, batch_size=self.batch_size, device=self.device,
                               progress=lambda done, total: self.store.set_progress((name, done, total)),
-                              cancel=self.stop):
+                              cancel=self.stop, backend=self.backend):
             if first:
                 self.store.add_mapset(name, ms, show=show)
                 first = False
@@ -123,20 +123,23 @@ class SweepRunner:
 def explore(images: Images = None, model: Optional[torch.nn.Module] = None, *,
             layers: Optional[Sequence[str]] = None, batch_size: Optional[int] = None, device=None,
             size: Optional[int] = None, cache_dir: Union[str, os.PathLike, None] = None,
-            panel_size: int = 320, export_dir: Union[str, os.PathLike, None] = None, wait: bool = False) -> Explorer:
+            panel_size: int = 320, export_dir: Union[str, os.PathLike, None] = None, backend: str = "auto",
+            wait: bool = False) -> Explorer:
     """Open the explorer on images: a path, PIL image or array, a list or dict of them, or None for
     the bundled samples. The embedded model is used unless ``model`` is given.
 
     Sweeps run in the background (progress shown in the widget; coarse depths appear first) and
     finished map sets are cached in ``cache_dir`` (see :func:`polycam_explorer.cache.cache_dir`).
     ``wait=True`` blocks until every sweep is done. ``export_dir``: where the Export tab writes
-    (see :class:`Explorer`).
+    (see :class:`Explorer`). ``backend``: how the sweeps' forward passes run (see
+    :func:`polycam_explorer.compute_mapset`).
     """
+    backends.check_backend(backend)  # a bad name is refused here, not in the worker
     model = as_classifier(model) if model is not None else load_model()
     named = _named_images(images)
     explorer = Explorer({}, model=model, size=panel_size, export_dir=export_dir)
     runner = SweepRunner(explorer.store, model, layers=layers, batch_size=batch_size, device=device, size=size,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, backend=backend)
     explorer.attach_runner(runner)
     for name, image in named.items():
         runner.submit(name, image)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Optional
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from .. import render
 from ..mapset import MapSet
 
 RESULT_KINDS = ("curves", "sanity", "baseline")
+MapSets = Union[MapSet, Sequence[MapSet], Mapping[str, MapSet], str, Path]
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Store:
         """Drop every map set (and free their cached maps), image and result."""
         with self._lock:
             for ms in self._mapsets.values():
-                _free(ms)
+                ms.clear_cache()
             self._mapsets.clear()
             self._images.clear()
             for results in self._results.values():
@@ -157,8 +159,28 @@ class Store:
             self._subscribers.clear()
 
 
-def _free(ms: MapSet) -> None:
-    """Drop a map set's cached P stacks (its GPU memory). MapSet has no public method for this
-    yet: the engine is asked for ``MapSet.clear_cache()``."""
-    with ms._cache_lock:
-        ms._cache.clear()
+def named_mapsets(mapsets: MapSets) -> dict[str, MapSet]:
+    """Name the map sets the Explorer is given: one ("image"), a list ("image 1", ...), a dict, or
+    a folder of saved map sets (by file name).
+
+    Raises:
+        TypeError: something else, or a list or dict holding something else than MapSets.
+        ValueError: a folder without map-set files.
+    """
+    if isinstance(mapsets, MapSet):
+        return {"image": mapsets}
+    if isinstance(mapsets, (str, Path)):
+        files = sorted(Path(mapsets).glob("*.npz"))
+        if not files:
+            raise ValueError(f"no map-set files (*.npz) in {str(mapsets)!r}")
+        return {f.name.removesuffix(".npz").removesuffix(".mapset"): MapSet.load(f) for f in files}
+    if isinstance(mapsets, Mapping):
+        named = dict(mapsets)
+    elif isinstance(mapsets, Sequence):
+        named = {f"image {i + 1}": ms for i, ms in enumerate(mapsets)}
+    else:
+        raise TypeError("Explorer takes a MapSet, a list or dict of them, or a folder of saved map sets; "
+                        f"got {type(mapsets).__name__}")
+    if not all(isinstance(ms, MapSet) for ms in named.values()):
+        raise TypeError("Explorer takes MapSet objects (a MapSet, a list or a dict of them)")
+    return named
