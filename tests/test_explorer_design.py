@@ -261,3 +261,15 @@ def test_the_depth_label_is_shown_whole(explorer, ms):
     assert "2: features.3 (8×8)" in label  # in a widget of its own, not the slider's narrow readout
     assert explorer.depth.readout is False
     assert explorer.upload.layout.width == "auto"  # "explain an image" is not cut either
+
+
+def test_the_curves_key_does_not_cover_the_curves(ms, tiny_model):
+    from polycam_explorer.explorer.views.faithfulness import DELETION_COLOR, INSERTION_COLOR
+
+    ex = pe.Explorer(ms, model=tiny_model, size=SIZE)
+    try:
+        assert not ex.curves.ins_line.display_legend and not ex.curves.del_line.display_legend
+        assert INSERTION_COLOR in ex.curves.legend.value and DELETION_COLOR in ex.curves.legend.value
+        assert list(ex.curves.ins_line.colors) == [INSERTION_COLOR] and list(ex.curves.del_line.colors) == [DELETION_COLOR]
+    finally:
+        ex.close()

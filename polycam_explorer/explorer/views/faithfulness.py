@@ -15,6 +15,13 @@ from ..state import ViewState
 from ..store import Store
 
 
+INSERTION_COLOR, DELETION_COLOR = "#1f77b4", "#d62728"
+# the key sits above the chart: drawn inside it, bqplot's legend covered the curves' ends
+KEY_HTML = (f"<span style='font-size:90%'><span style='color:{INSERTION_COLOR}'>━━ insertion</span> "
+            f"(higher is better) &nbsp; <span style='color:{DELETION_COLOR}'>━━ deletion</span> "
+            f"(lower is better)</span>")
+
+
 class FaithfulnessView(JobTab):
     """Computes (in a background thread, cancellable) and keeps curves per map; those of the main
     panel are shown. ``batch_size`` None: the device's default (16 on a CPU, 64 on a GPU)."""
@@ -25,19 +32,21 @@ class FaithfulnessView(JobTab):
                  batch_size: Optional[int] = None) -> None:
         self.n_steps, self.batch_size = n_steps, batch_size
         x_scale, y_scale = bq.LinearScale(min=0, max=1), bq.LinearScale(min=0, max=1)
-        self.ins_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=["#1f77b4"],
-                                 labels=["insertion"], display_legend=True)
-        self.del_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=["#d62728"],
-                                 labels=["deletion"], display_legend=True)
+        self.ins_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=[INSERTION_COLOR],
+                                 labels=["insertion"], display_legend=False)
+        self.del_line = bq.Lines(x=[], y=[], scales={"x": x_scale, "y": y_scale}, colors=[DELETION_COLOR],
+                                 labels=["deletion"], display_legend=False)
         axes = [bq.Axis(scale=x_scale, label="fraction of pixels inserted / deleted"),
                 bq.Axis(scale=y_scale, side="left", label="class probability")]
-        self.figure = bq.Figure(marks=[self.ins_line, self.del_line], axes=axes, legend_location="top-right",
+        self.figure = bq.Figure(marks=[self.ins_line, self.del_line], axes=axes,
                                 layout=W.Layout(width="520px", height="320px"), title="")
+        self.legend = W.HTML(KEY_HTML)
         super().__init__(state, store, jobs, label="compute curves", icon="line-chart")
         self.summary = self.message
         if jobs.model is None:
             self.job.message = "<i>pass model= to the Explorer to compute insertion / deletion curves</i>"
-        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress]), self.summary, self.figure])
+        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress]), self.summary, self.legend,
+                              self.figure])
 
     def key(self, panel) -> tuple:
         return (self.state.image, panel.class_idx, panel.variant, panel.depth, panel.lnorm)
