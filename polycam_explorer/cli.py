@@ -53,7 +53,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
 
     The output folder and the class are checked before the sweep (ValueError naming them).
     """
-    from .evaluation import writable_folder
+    from .runs import writable_folder
 
     out_dir = writable_folder(out)
     model = load_model(model_name, weights, layer_rule=layer_rule)
@@ -253,7 +253,7 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:
-    from .evaluation import file_label
+    from .runs import file_label
 
     model_name = file_label(model_name)
     if not args.npz:
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command in ("explain", "generate", "evaluate"):
-            from .evaluation import writable_folder
+            from .runs import writable_folder
 
             writable_folder(args.out, "--out")  # before loading the model, before any sweep
         if args.command == "explain":

@@ -15,20 +15,16 @@ numbers (model weights, size, batch sizes, layers; for ``evaluate`` also the map
 images never share a part and a part of other settings or an older map is never reused. A rerun
 does only what is missing and gives the same bytes as an uninterrupted run; temporary files of
 an interrupted write are removed. The model's name is made safe for file names
-(:func:`file_label`), and list entries must stay inside the image folder (symbolic links inside
+(:func:`runs.file_label`), and list entries must stay inside the image folder (symbolic links inside
 it are followed). Both steps run under ``torchrun --nproc-per-node N``: each rank takes every
 N-th image, writes its own part files, and rank 0 merges them after a barrier.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
-import re
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import runs
 from .files import atomic_write
 from .layers import module_device
 from .mapset import compute_mapset
@@ -46,29 +43,6 @@ from .models import Classifier, find_target_layers, probabilities
 
 VARIANT_OF = {"pcamp": "+", "pcamm": "-", "pcampm": "+-"}
 META_KEY = "__polycam_explorer__"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-def distributed() -> Dist:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
 
 
 def method_file_name(method: str) -> str:
@@ -77,104 +51,9 @@ def method_file_name(method: str) -> str:
     return {"pcam+": "pcamp", "pcam-": "pcamm", "pcam+-": "pcampm", "pcam±": "pcampm"}.get(name, name)
 
 
-def file_label(name: str) -> str:
-    """A model name as it appears in file names: every character but letters, digits, ``.``, ``_``
-    and ``-`` becomes ``_`` and leading dots go (``hf-hub:org/model`` -> ``hf-hub_org_model``,
-    ``../x`` -> ``_x``), so a name never leads a path out of the output folder."""
-    label = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".")[:100]
-    return label or "model"
-
-
-def writable_folder(path: str | os.PathLike, what: str = "out") -> Path:
-    """``path`` as a folder that exists (created if needed) and can be written, checked before any work.
-
-    Raises:
-        ValueError: ``path`` (or a folder above it) is a file, or it cannot be created or written.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} is a file, not a folder: give a folder to write the results into")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".polycam-explorer-write-check.", suffix=".tmp", dir=path)
-        os.close(fd)
-        Path(probe).unlink(missing_ok=True)  # another rank's clean-up may have removed it
-    except OSError as exc:
-        raise ValueError(f"{what} {str(path)!r} cannot be written to ({exc.strerror or exc}): give a folder "
-                         "that can be created and written") from None
-    return path
-
-
 def _positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None = None) -> list[str]:
-    """Image file names (relative to ``folder``): the first word of each line of ``list_file``
-    (the authors' ``images.txt``; a name listed twice counts once), or every image file in
-    ``folder``, sorted.
-
-    Raises:
-        ValueError: a missing folder, list or listed file, a listed name that leaves ``folder``
-            (absolute, or with a ``..`` part), or no images.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"image folder {str(folder)!r} does not exist")
-    if list_file is not None:
-        if not Path(list_file).is_file():
-            raise ValueError(f"image list {str(list_file)!r} does not exist")
-        names = [line.split()[0] for line in Path(list_file).read_text().splitlines() if line.strip()]
-        outside = [n for n in names if os.path.isabs(n) or ".." in re.split(r"[/\\]", n)]
-        if outside:
-            raise ValueError(f"{len(outside)} entries of {str(list_file)!r} leave the image folder, e.g. "
-                             f"{outside[:3]}: list paths relative to {str(folder)!r}, without '..'")
-        names = list(dict.fromkeys(names))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise ValueError(f"{len(missing)} listed images are not in {str(folder)!r}, e.g. {missing[:3]}")
-    else:
-        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not names:
-        raise ValueError(f"no images in {str(folder)!r} (accepted: {sorted(IMAGE_SUFFIXES)})")
-    return names
-
-
-def _digest(value: object) -> str:
-    return hashlib.sha256(value if isinstance(value, bytes) else json.dumps(value).encode()).hexdigest()
-
-
-def _array_digest(array: np.ndarray) -> str:
-    return _digest(json.dumps([str(array.dtype), list(array.shape)]).encode() + np.ascontiguousarray(array).tobytes())
-
-
-def _readable(image: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", image.replace("/", "__")).lstrip(".")[:80] or "image"
-
-
-def _part(out: Path, stem: str, image: str, key: str, suffix: str) -> Path:
-    """One image's result: a readable stem and a hash of the image name and ``key`` (injective)."""
-    return out / ".parts" / stem / f"{_readable(image)}-{_digest([image, key])[:20]}{suffix}"
-
-
-def mapset_file(out: str | os.PathLike, image: str) -> Path:
-    """Where ``generate(save_mapsets=True)`` puts an image's map set (also listed in mapsets/index.json)."""
-    return Path(out) / "mapsets" / f"{_readable(image)}-{_digest(image)[:12]}.mapset.npz"
-
-
-def _remove_temporary(out: Path) -> None:
-    """Remove what interrupted atomic writes left (``.NAME.XXXX.tmp``); never a finished file."""
-    for folder in [out, out / "mapsets"] + [d for d in (out / ".parts").glob("*") if d.is_dir()]:
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()  # numpy's own file writes report a full disk as a bare "short write"
-    np.save(buffer, array, allow_pickle=False)
-    with atomic_write(path) as f:
-        f.write(buffer.getvalue())
 
 
 def _methods_to_run(methods: Sequence[str]) -> list[str]:
@@ -188,20 +67,6 @@ def _methods_to_run(methods: Sequence[str]) -> list[str]:
         what = f"unknown method(s) {unknown}" if unknown else f"no method named in {list(methods)}"
         raise ValueError(f"{what}; accepted: pcam+, pcam-, pcam+- (or pcamp, pcamm, pcampm) and {sorted(METHODS)}")
     return list(dict.fromkeys(names))
-
-
-def _progress(total: int, desc: str, dist: Dist, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled or dist.rank != 0, unit="img")
-
-
-def _start(out: str | os.PathLike, dist: Dist) -> Path:
-    out = writable_folder(out)
-    if dist.rank == 0:
-        _remove_temporary(out)
-    dist.barrier()  # no rank writes before rank 0 has cleaned up
-    return out
 
 
 def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str], out: str | os.PathLike, *,
@@ -219,17 +84,17 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
         ValueError / TypeError: bad images, list, methods, batch size or output folder.
     """
     _positive("batch_size", batch_size)
-    dist = distributed()
-    names = list_images(images, list_file)
+    dist = runs.distributed()
+    names = runs.list_images(images, list_file)
     methods = _methods_to_run(methods)
-    out = _start(out, dist)
-    label = file_label(model.name)
+    out = runs.start_run(out, dist)
+    label = runs.file_label(model.name)
     pcam = [m for m in methods if m in VARIANT_OF]
     device = module_device(model)
     settings = {"model_id": model_fingerprint(model), "size": size, "batch_size": batch_size,
                 "layer_rule": getattr(model, "layer_rule", None)}
     layers_of: dict[tuple, list[str]] = {}
-    with _progress(len(names[dist.rank::dist.world]), f"generate ({label})", dist, progress) as bar:
+    with runs.progress_bar(len(names[dist.rank::dist.world]), f"generate ({label})", dist, progress) as bar:
         for name in names[dist.rank::dist.world]:
             x = load_image(Path(images) / name, model, size=size)
             shape = tuple(x.shape[-2:])
@@ -249,13 +114,13 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
                             ms.save(path, fp16=True)
                         elif m in VARIANT_OF:
                             sal = ms.saliency(class_idx, VARIANT_OF[m], depth)
-                            _write_npy(path, sal.cpu().numpy().astype(np.float32))
+                            runs.write_npy(path, sal.cpu().numpy().astype(np.float32))
                 for (m, _), path in todo.items():
                     if m not in VARIANT_OF and m != "mapset":
                         from .baselines import saliency as baseline_saliency
 
                         sal = baseline_saliency(m, model, x.to(device), class_idx)
-                        _write_npy(path, sal.detach().float().cpu().numpy())
+                        runs.write_npy(path, sal.detach().float().cpu().numpy())
             bar.update(1)
     dist.barrier()
     if dist.rank != 0:
@@ -275,38 +140,38 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
     written = []
     for m, depth in stems:
         stem = f"{label}_{m}" if depth is None else f"{label}_{m}{depth - 1}"
-        paths = {n: _part(out, stem, n, keys[n], ".npy") for n in names}
+        paths = {n: runs.part_path(out, stem, n, keys[n], ".npy") for n in names}
         written.append(_merge_maps(out, stem, paths, dict(meta, method=stem[len(label) + 1:])))
     if save_mapsets:
-        _publish_mapsets(out, {n: _part(out, "mapsets", n, keys[n], ".mapset.npz") for n in names})
+        _publish_mapsets(out, {n: runs.part_path(out, "mapsets", n, keys[n], ".mapset.npz") for n in names})
     return written
 
 
 def _image_key(images: str | os.PathLike, name: str, settings: dict) -> str:
-    return _digest([settings, _digest((Path(images) / name).read_bytes())])
+    return runs.digest([settings, runs.digest((Path(images) / name).read_bytes())])
 
 
 def _generate_parts(out: Path, label: str, methods: Sequence[str], name: str, key: str, n_layers: int,
                     all_depths: bool, save_mapsets: bool) -> dict[tuple, Path]:
     """Every part file one image needs: ``{(method, depth): path}`` (depth None: the full depth)."""
-    parts = {(m, None): _part(out, f"{label}_{m}", name, key, ".npy") for m in methods}
+    parts = {(m, None): runs.part_path(out, f"{label}_{m}", name, key, ".npy") for m in methods}
     if all_depths:
         for m in (m for m in methods if m in VARIANT_OF):
-            parts.update({(m, d): _part(out, f"{label}_{m}{d - 1}", name, key, ".npy") for d in range(1, n_layers + 1)})
+            parts.update({(m, d): runs.part_path(out, f"{label}_{m}{d - 1}", name, key, ".npy") for d in range(1, n_layers + 1)})
     if save_mapsets:
-        parts[("mapset", None)] = _part(out, "mapsets", name, key, ".mapset.npz")
+        parts[("mapset", None)] = runs.part_path(out, "mapsets", name, key, ".mapset.npz")
     return parts
 
 
 def _publish_mapsets(out: Path, parts: dict[str, Path]) -> None:
-    """Each image's map set at :func:`mapset_file` (a hard link to its part, or a copy) and an index."""
+    """Each image's map set at :func:`runs.mapset_file` (a hard link to its part, or a copy) and an index."""
     import shutil
 
     index = {}
     for name, part in parts.items():
         if not part.is_file():
             raise RuntimeError(f"no map set of {name!r}: a rank did not finish")
-        target = mapset_file(out, name)
+        target = runs.mapset_file(out, name)
         index[name] = target.name
         if target.is_file() and os.path.samefile(part, target):
             continue
@@ -388,12 +253,12 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     """
     for arg, value in (("n_steps", n_steps), ("batch_size", batch_size), ("images_per_batch", images_per_batch)):
         _positive(arg, value)
-    dist = distributed()
-    names = list_images(images, list_file)
+    dist = runs.distributed()
+    names = runs.list_images(images, list_file)
     files = [Path(f) for f in npz_files]
     if not files:
         raise ValueError("npz_files is empty: give at least one saliency npz file")
-    label = file_label(model.name)
+    label = runs.file_label(model.name)
     loaded = []
     for f in files:
         maps, meta = read_maps(f, model)
@@ -410,7 +275,7 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     if len(set(stems)) < len(stems):
         raise ValueError(f"two npz files have one name ({sorted(s for s in stems if stems.count(s) > 1)}): "
                          "their results would share a file; rename one")
-    out = _start(out, dist)
+    out = runs.start_run(out, dist)
     settings = {"model_id": model_fingerprint(model), "size": size, "n_steps": n_steps, "batch_size": batch_size,
                 "images_per_batch": images_per_batch}
     keys: dict[str, str] = {}
@@ -418,10 +283,10 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     def part(stem: str, maps: dict, name: str) -> Path:
         if name not in keys:
             keys[name] = _image_key(images, name, settings)
-        return _part(out, stem, name, _digest([keys[name], _array_digest(maps[name])]), ".json")
+        return runs.part_path(out, stem, name, runs.digest([keys[name], runs.array_digest(maps[name])]), ".json")
 
     mine = names[dist.rank::dist.world]
-    with _progress(len(mine) * len(loaded), f"evaluate ({label})", dist, progress) as bar:
+    with runs.progress_bar(len(mine) * len(loaded), f"evaluate ({label})", dist, progress) as bar:
         for first in range(0, len(mine), images_per_batch):
             group = mine[first:first + images_per_batch]
             # a group's images share forward batches: redo it whole unless all of it is done

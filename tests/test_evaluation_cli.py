@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import polycam_explorer as pe
-from polycam_explorer import cli, evaluation
+from polycam_explorer import cli, evaluation, runs
 
 ARGS = ["--size", "48", "--no-progress"]
 
@@ -115,10 +115,10 @@ def test_generate_bad_input(images, tmp_path, capsys, extra, message):
 def test_image_list_selects_images_and_reports_missing_ones(images, tmp_path, capsys):
     listing = tmp_path / "images.txt"
     listing.write_text("coffee.jpg 967 espresso\n")
-    assert evaluation.list_images(images, listing) == ["coffee.jpg"]
+    assert runs.list_images(images, listing) == ["coffee.jpg"]
     listing.write_text("coffee.jpg\nnope.jpg\n")
     with pytest.raises(ValueError, match="not in"):
-        evaluation.list_images(images, listing)
+        runs.list_images(images, listing)
 
 
 def test_torchrun_two_processes_equal_one(images, tmp_path):
@@ -273,13 +273,13 @@ def test_list_entries_must_stay_in_the_image_folder(tmp_path, entry):
     listing = tmp_path / "list.txt"
     listing.write_text(f"a.png\n{entry}\n")
     with pytest.raises(ValueError, match="leave the image folder"):
-        evaluation.list_images(images, listing)
+        runs.list_images(images, listing)
 
 
 @pytest.mark.parametrize("name, label", [("../../escape", "_.._escape"), ("hf-hub:org/model", "hf-hub_org_model"),
                                          ("/abs/name", "_abs_name"), ("..", "model")])
 def test_model_names_never_lead_paths_out_of_out(tmp_path, name, label):
-    assert evaluation.file_label(name) == label
+    assert runs.file_label(name) == label
     images = _pictures(tmp_path / "work" / "images", ["a.png"])
     out = tmp_path / "work" / "deep" / "out"
     before = {p for p in tmp_path.rglob("*")}

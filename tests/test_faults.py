@@ -148,7 +148,7 @@ def _small_disk(folder: Path, size_kb: int):
 
 FULL_DISK = """
 import contextlib, errno, os, sys
-from polycam_explorer import cli, evaluation, files, mapset_io
+from polycam_explorer import cli, evaluation, files, mapset_io, runs
 writes = [0]
 @contextlib.contextmanager
 def full(path):
@@ -158,7 +158,7 @@ def full(path):
             f.write(b"half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         yield f
-evaluation.atomic_write = mapset_io.atomic_write = full
+evaluation.atomic_write = runs.atomic_write = mapset_io.atomic_write = full
 sys.exit(cli.main(sys.argv[1:]))
 """
 
