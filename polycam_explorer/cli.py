@@ -231,7 +231,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=PORT, default=8866)
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     _backend_argument(s)
+    _index_arguments(sub)
     return parser
+
+
+def _index_arguments(sub) -> None:
+    i = sub.add_parser("index", help="index a folder of map sets for the atlas (incremental)")
+    i.add_argument("folder", help="folder of *.mapset.npz files (searched recursively)")
+    i.add_argument("--labels", help="csv of image,label rows, or 'folders' for class-named subfolders "
+                                    "(default: the labels of the previous build)")
+    i.add_argument("--no-progress", action="store_true")
+
+
+def _index(args: argparse.Namespace) -> None:
+    from .atlas import build_index
+
+    index = build_index(args.folder, labels=args.labels, progress=not args.no_progress)
+    report = index.last_build
+    print(f"{args.folder}: {report.summary()}")
+    for file, reason in report.skipped_files.items():
+        print(f"  skipped {file}: {reason}")
+    for model_id, name, count in index.models():
+        print(f"  model {name} ({model_id}): {count} map sets")
+    index.close()
 
 
 def _layer_rule_argument(p: argparse.ArgumentParser) -> None:
@@ -311,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            backend=args.backend)
                 if rows is not None:
                     print((Path(args.out) / "summary.md").read_text())
+        elif args.command == "index":
+            _index(args)
         elif args.command == "serve":
             return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
                          open_browser=not args.no_browser, backend=args.backend)

@@ -1,0 +1,329 @@
+"""The atlas index: one light row per map set of a folder, sorted and filtered in SQLite.
+
+Reading rows never loads a map set; :meth:`Index.open_mapset` loads one when it is asked for.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..mapset import MapSet
+from . import build as _build
+from . import store
+from .store import INSDEL_COLUMN, ROW_COLUMNS, VARIANTS, transaction
+
+SORTABLE = tuple(name for name, _ in ROW_COLUMNS if name not in ("top5", "sha256"))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One indexed map set (no pixels, no arrays: those are fetched on demand)."""
+
+    file: str  # path relative to the index's folder, POSIX separators
+    image: str  # generate's image name (mapsets/index.json), else the file name without .mapset.npz
+    size: int
+    mtime_ns: int
+    sha256: str
+    model_name: str
+    model_id: str  # pe.model_fingerprint of the model that made the map set
+    height: int
+    width: int
+    n_layers: int
+    n_classes: int
+    pred_class: int
+    pred_name: str
+    confidence: float  # probability of the predicted class
+    top5: tuple  # ((class_index, class_name, probability), ...)
+    label: str | None
+    correct: bool | None  # the label names the predicted class; None without a label
+    insdel_plus: float | None  # Ins-Del of the predicted class's full-depth map; None until evaluated
+    insdel_minus: float | None
+    insdel_pm: float | None
+    context: float  # mean of max(PCAM- - PCAM+, 0): hiding hurts where showing alone does not help
+    plus_minus_diff: float  # mean |PCAM- - PCAM+| (full depth, predicted class)
+
+    def insdel(self, variant: str = "+-") -> float | None:
+        return getattr(self, INSDEL_COLUMN[_variant(variant)])
+
+
+_SELECT = f"SELECT {', '.join(name for name, _ in ROW_COLUMNS)} FROM mapsets"
+
+
+def _row(values: tuple) -> Row:
+    fields = dict(zip((name for name, _ in ROW_COLUMNS), values))
+    fields["top5"] = tuple(tuple(t) for t in json.loads(fields["top5"]))
+    fields["correct"] = None if fields["correct"] is None else bool(fields["correct"])
+    return Row(**fields)
+
+
+def _variant(variant: str) -> str:
+    variant = "+-" if variant == "±" else variant
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of '+', '-', '+-' ('±'), got {variant!r}")
+    return variant
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+
+
+class Index:
+    """The index of a folder of map sets (``<folder>/.polycam-atlas.sqlite``), opened for reading.
+
+    Raises:
+        ValueError: the folder has no index (build one with :func:`build_index`).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._con = store.connect(self.folder, create=False)
+        self._lock = threading.Lock()
+        self.last_build: _build.BuildReport | None = None
+
+    # ----- reading rows ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._one("SELECT COUNT(*) FROM mapsets")[0]
+
+    def query(self, *, sort: str | Sequence[str] | None = None, pred_class: int | Iterable[int] | None = None,
+              class_name: str | Iterable[str] | None = None, label: str | Iterable[str] | None = None,
+              correct: bool | None = None, min_confidence: float | None = None,
+              max_confidence: float | None = None, model_id: str | Iterable[str] | None = None,
+              evaluated: bool | None = None, min_insdel: float | None = None, max_insdel: float | None = None,
+              variant: str = "+-", min_context: float | None = None, labelled: bool | None = None,
+              limit: int | None = None, offset: int = 0) -> list[Row]:
+        """Rows matching every filter given, sorted.
+
+        ``sort``: a column name (:data:`SORTABLE`; ``"insdel"`` means the ``variant``'s Ins-Del),
+        ``"-name"`` for descending, or a list of them; missing values (no label, not evaluated)
+        come last either way; ties keep file order. ``pred_class``, ``class_name``, ``label`` and
+        ``model_id`` take one value or several. ``evaluated`` / ``min_insdel`` / ``max_insdel``
+        refer to ``variant``'s Ins-Del. ``limit`` and ``offset`` page the result.
+
+        Raises:
+            ValueError: an unknown sort column or variant, a negative limit or offset.
+        """
+        insdel = INSDEL_COLUMN[_variant(variant)]
+        clauses, params = [], []
+
+        def one_of(column: str, values) -> None:
+            values = _as_list(values)
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+
+        def bound(column: str, op: str, value) -> None:
+            clauses.append(f"{column} {op} ?")
+            params.append(float(value))
+
+        if pred_class is not None:
+            one_of("pred_class", [int(c) for c in _as_list(pred_class)])
+        if class_name is not None:
+            one_of("pred_name", class_name)
+        if label is not None:
+            one_of("label", label)
+        if model_id is not None:
+            one_of("model_id", model_id)
+        if correct is not None:
+            clauses.append("correct = ?")
+            params.append(int(bool(correct)))
+        if labelled is not None:
+            clauses.append("label IS NOT NULL" if labelled else "label IS NULL")
+        if evaluated is not None:
+            clauses.append(f"{insdel} IS NOT NULL" if evaluated else f"{insdel} IS NULL")
+        for column, op, value in (("confidence", ">=", min_confidence), ("confidence", "<=", max_confidence),
+                                  (insdel, ">=", min_insdel), (insdel, "<=", max_insdel),
+                                  ("context", ">=", min_context)):
+            if value is not None:
+                bound(column, op, value)
+        sql = _SELECT + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + self._order(sort, insdel)
+        if limit is not None or offset:
+            if (limit is not None and limit < 0) or offset < 0:
+                raise ValueError(f"limit and offset must be >= 0, got {limit}, {offset}")
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if limit is None else int(limit), int(offset)]
+        with self._lock:
+            return [_row(values) for values in self._con.execute(sql, params)]
+
+    def rows(self, sort: str | Sequence[str] | None = None, where: Mapping | None = None, **filters) -> list[Row]:
+        """:meth:`query` with the filters as a dict (``where``) or keywords."""
+        return self.query(sort=sort, **dict(where or {}), **filters)
+
+    @staticmethod
+    def _order(sort, insdel: str) -> str:
+        keys = [] if sort is None else [s.strip() for s in (sort.split(",") if isinstance(sort, str) else sort)]
+        terms = []
+        for key in keys:
+            descending = key.startswith("-")
+            name = key.lstrip("-+")
+            name = insdel if name == "insdel" else name
+            if name not in SORTABLE:
+                raise ValueError(f"cannot sort by {key!r}: sort by one of {list(SORTABLE) + ['insdel']} "
+                                 "('-name' for descending)")
+            terms.append(f"({name} IS NULL), {name}{' DESC' if descending else ''}")
+        return " ORDER BY " + ", ".join(terms + ["file"])
+
+    def row(self, file: str) -> Row:
+        """The row of one file (path relative to the folder).
+
+        Raises:
+            KeyError: the file is not in the index.
+        """
+        with self._lock:
+            values = self._con.execute(_SELECT + " WHERE file=?", (str(file),)).fetchone()
+        if values is None:
+            raise KeyError(f"{file!r} is not in the atlas index of {str(self.folder)!r}")
+        return _row(values)
+
+    # ----- what the grid and aggregates fetch ------------------------------------------------
+    def thumbnails(self, rows: Iterable[Row | str]) -> dict[str, bytes]:
+        """JPEG bytes of each row's thumbnail (the image with its predicted class's full-depth
+        PCAM± overlay), by file."""
+        return self._blobs("thumbnail", rows)
+
+    def thumbnail(self, row: Row | str) -> np.ndarray:
+        """One thumbnail decoded: ``h x w x 3`` uint8."""
+        from PIL import Image
+
+        data = self.thumbnails([row])
+        file = _file(row)
+        if file not in data:
+            raise KeyError(f"{file!r} is not in the atlas index of {str(self.folder)!r}")
+        return np.asarray(Image.open(io.BytesIO(data[file])).convert("RGB"))
+
+    def small_maps(self, rows: Iterable[Row | str]) -> dict[str, np.ndarray]:
+        """Each row's predicted-class maps at full depth, ``[3, S, S]`` float32 (variants ``+``,
+        ``-``, ``+-``; the input frame resampled to S x S), by file: for aggregates."""
+        with self._lock:
+            size = dict(self._con.execute("SELECT file, map_size FROM mapsets"))
+        return {f: np.frombuffer(b, np.float16).reshape(3, size[f], size[f]).astype(np.float32)
+                for f, b in self._blobs("maps", rows).items()}
+
+    def _blobs(self, column: str, rows) -> dict[str, bytes]:
+        files = [_file(r) for r in rows]
+        out = {}
+        with self._lock:
+            for start in range(0, len(files), 500):  # SQLite's parameter limit
+                chunk = files[start: start + 500]
+                out.update(self._con.execute(f"SELECT file, {column} FROM mapsets WHERE file IN "
+                                             f"({', '.join('?' * len(chunk))})", chunk))
+        return out
+
+    def open_mapset(self, row: Row | str, device=None) -> MapSet:
+        """Load the row's map set (the only place the atlas reads one after indexing).
+
+        Warns when the file changed since it was indexed (refresh the index).
+        """
+        file = _file(row)
+        path = self.folder / file
+        indexed = self.row(file)
+        try:
+            st = path.stat()
+            if (st.st_size, st.st_mtime_ns) != (indexed.size, indexed.mtime_ns):
+                warnings.warn(f"{str(path)!r} changed since it was indexed: its row may be stale (refresh the "
+                              "index with pe.atlas.build_index)", RuntimeWarning, stacklevel=2)
+        except OSError:
+            pass  # MapSet.load says the file is gone
+        return MapSet.load(path, device)
+
+    # ----- summaries -------------------------------------------------------------------------
+    def models(self) -> list[tuple[str, str, int]]:
+        """``(model_id, model_name, rows)`` of every model in the index."""
+        return self._all("SELECT model_id, model_name, COUNT(*) FROM mapsets GROUP BY model_id, model_name "
+                         "ORDER BY COUNT(*) DESC, model_name")
+
+    def classes(self) -> list[tuple[int, str, int]]:
+        """``(class_index, class_name, rows)`` of every predicted class, most frequent first."""
+        return self._all("SELECT pred_class, pred_name, COUNT(*) FROM mapsets GROUP BY pred_class, pred_name "
+                         "ORDER BY COUNT(*) DESC, pred_class")
+
+    def labels(self) -> list[tuple[str, int]]:
+        """``(label, rows)`` of every label given."""
+        return self._all("SELECT label, COUNT(*) FROM mapsets WHERE label IS NOT NULL GROUP BY label "
+                         "ORDER BY COUNT(*) DESC, label")
+
+    def skipped(self) -> dict[str, str]:
+        """Files left out (not readable map sets) and why; read again only once they change."""
+        return dict(self._all("SELECT file, reason FROM skipped ORDER BY file"))
+
+    # ----- writing ---------------------------------------------------------------------------
+    def set_insdel(self, row: Row | str, values: Mapping[str, float | None]) -> None:
+        """Record Ins-Del per variant (``{"+": 0.41, "+-": 0.52}``) of a row's predicted class.
+
+        Raises:
+            ValueError: an unknown variant; KeyError: the file is not in the index.
+        """
+        sets = {INSDEL_COLUMN[_variant(v)]: (None if x is None else float(x)) for v, x in values.items()}
+        if not sets:
+            return
+        with self._lock, transaction(self._con) as con:
+            cursor = con.execute(f"UPDATE mapsets SET {', '.join(f'{c}=?' for c in sets)} WHERE file=?",
+                                 [*sets.values(), _file(row)])
+            if cursor.rowcount == 0:
+                raise KeyError(f"{_file(row)!r} is not in the atlas index of {str(self.folder)!r}")
+
+    def refresh(self, labels=None, progress=True) -> _build.BuildReport:
+        """Bring the index up to date with the folder (:func:`build_index`'s work)."""
+        self.last_build = _build.build(self.folder, labels, progress)
+        return self.last_build
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.folder)!r}, {len(self)} map sets)"
+
+    def _one(self, sql: str, params=()):
+        with self._lock:
+            return self._con.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params=()) -> list:
+        with self._lock:
+            return self._con.execute(sql, params).fetchall()
+
+
+def _file(row: Row | str) -> str:
+    return row.file if isinstance(row, Row) else str(row)
+
+
+def build_index(folder: str | os.PathLike, labels=None, progress=True, *,
+                thumb_size: int = _build.THUMB_SIZE) -> Index:
+    """Index the map sets (``*.mapset.npz``) under ``folder``, or bring its index up to date:
+    new files are added, changed ones read again, removed ones dropped; files that are not map
+    sets are skipped with an :class:`AtlasSkipWarning` (never fatal). The result's
+    ``last_build`` says what was done.
+
+    ``labels``: a csv of ``image,label`` rows, ``"folders"`` (each map set's first subfolder
+    names its class), a dict image -> label, or None to keep the labels source of the previous
+    build. ``progress``: True for a tqdm bar, False for none, or a callback ``(done, total)``.
+
+    Raises:
+        ValueError: ``folder`` is not a folder; a labels file that does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a folder of map sets")
+    if isinstance(thumb_size, bool) or not isinstance(thumb_size, int) or thumb_size < 8:
+        raise ValueError(f"thumb_size must be an int >= 8, got {thumb_size!r}")
+    report = _build.build(folder, labels, progress, thumb_size=thumb_size)
+    index = Index(folder)
+    index.last_build = report
+    return index
+
+
+def open_index(folder: str | os.PathLike) -> Index:
+    """The existing index of ``folder``, without scanning the folder (fast)."""
+    return Index(folder)
