@@ -104,17 +104,8 @@ def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None 
             raise ValueError(f"image file {image!r} does not exist")
     paths = [str(Path(i).resolve()) for i in images] or None
     model = "None" if model_name is None else f"pe.load_model({model_name!r}, weights={weights!r})"
-    extra = ""
-    if backend != "auto":
-        import inspect
-
-        from .explorer.explore import explore
-        if "backend" not in inspect.signature(explore).parameters:
-            raise ValueError(f"--backend {backend}: this version of the explorer does not take a backend yet "
-                             "(it sweeps on the default, backend='auto')")
-        extra = f", backend={backend!r}"
     code = ("import polycam_explorer as pe\n"
-            f"explorer = pe.explore({paths!r}, model={model}{extra})\n"
+            f"explorer = pe.explore({paths!r}, model={model}, backend={backend!r})\n"
             "explorer")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -123,20 +114,37 @@ def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None 
     return path
 
 
+CULL_AFTER_S = 120  # seconds a page's kernel outlives the page
+
+
 def serve(images: Sequence[str], *, model_name: str | None = None, weights: str | None = None,
-          port: int = 8866, open_browser: bool = True, backend: str = "auto") -> int:
-    """Open the explorer app in Voila (blocks until Voila stops)."""
+          port: int = 8866, open_browser: bool = True, backend: str = "auto",
+          idle_kernel_timeout: int = CULL_AFTER_S) -> int:
+    """Open the explorer app in Voila (blocks until Voila stops). The kernel of a page that is
+    closed or reloaded is shut down, with its work, ``idle_kernel_timeout`` seconds after its last
+    connection went; the next free port from ``port`` on is used and printed."""
     import signal
     import subprocess
     import tempfile
 
+    port = free_port(port)
+    # exports land where the user started serve, not in the served notebook's temporary folder
+    env = dict(os.environ)
+    env.setdefault("POLYCAM_EXPLORER_EXPORTS", str(Path.cwd().resolve() / "polycam_exports"))
     with tempfile.TemporaryDirectory(prefix="polycam-explorer-") as folder:
         notebook = app_notebook(images, Path(folder), model_name=model_name, weights=weights, backend=backend)
-        command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--Voila.ip=127.0.0.1"]
+        command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--Voila.ip=127.0.0.1",
+                   "--Voila.port_retries=0",
+                   # the kernel of a closed or reloaded page (no connection left) is shut down, with
+                   # its sweeps (threads: the kernel itself is idle): it does not run until serve stops
+                   f"--MappingKernelManager.cull_idle_timeout={idle_kernel_timeout}",
+                   f"--MappingKernelManager.cull_interval={max(1, min(30, idle_kernel_timeout // 2))}",
+                   "--MappingKernelManager.cull_connected=False"]
         if not open_browser:
             command.append("--no-browser")
-        print(f"polycam-explorer: serving the explorer at http://127.0.0.1:{port}/ (Ctrl-C stops it)")
-        voila = subprocess.Popen(command)
+        print(f"polycam-explorer: serving the explorer at http://127.0.0.1:{port}/ (Ctrl-C stops it); "
+              f"exports go to {env['POLYCAM_EXPLORER_EXPORTS']}", flush=True)
+        voila = subprocess.Popen(command, env=env)
         # a SIGTERM to this process stops Voila (and its kernels) too, as Ctrl-C does
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -150,6 +158,25 @@ def serve(images: Sequence[str], *, model_name: str | None = None, weights: str 
                 return voila.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def free_port(port: int, tries: int = 50) -> int:
+    """``port`` if nothing listens on it on 127.0.0.1, else the next free one (the URL printed is
+    the one served).
+
+    Raises:
+        ValueError: none of ``tries`` ports from ``port`` on is free.
+    """
+    import socket
+
+    for candidate in range(port, min(port + tries, 65536)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise ValueError(f"ports {port}..{port + tries - 1} on 127.0.0.1 are all taken: give another --port")
 
 
 def _interrupt(*_) -> None:
@@ -228,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
     s.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
     s.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
-    s.add_argument("--port", type=PORT, default=8866)
+    s.add_argument("--port", type=PORT, default=8866, help="port on 127.0.0.1 (the next free one if taken)")
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    s.add_argument("--idle-kernel-timeout", type=POSITIVE, default=CULL_AFTER_S, metavar="SECONDS",
+                   help="shut down a closed page's kernel (and its work) after SECONDS (default: 120)")
     _backend_argument(s)
     _index_arguments(sub)
     return parser
@@ -337,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _index(args)
         elif args.command == "serve":
             return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
-                         open_browser=not args.no_browser, backend=args.backend)
+                         open_browser=not args.no_browser, backend=args.backend,
+                         idle_kernel_timeout=args.idle_kernel_timeout)
     except (ValueError, TypeError) as exc:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ Debian's chromium. Moving the depth, variant and class controls must change the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,12 +25,6 @@ HASH_JS = """() => { const c = document.querySelector('canvas'); if (!c || !c.wi
   return [h, sum, c.width, c.height]; }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -37,13 +32,26 @@ def app_url(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     image = pe.cache.sample_images()[0]
     pe.mapset_for(image, cache_dir=cache, progress=False)  # the app then opens at once
-    port = _free_port()
+    taken = socket.socket()  # the asked-for port is taken: serve must print the one it serves
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
     env = dict(os.environ, POLYCAM_EXPLORER_CACHE=str(cache))
-    log = open(tmp_path_factory.mktemp("voila") / "voila.log", "w")
+    log_path = tmp_path_factory.mktemp("voila") / "voila.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "polycam_explorer.cli", "serve", str(image), "--no-browser",
-                             f"--port={port}"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+                             f"--port={port}", f"--idle-kernel-timeout={IDLE_KERNEL_S}"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
+        for _ in range(120):
+            printed = re.search(r"serving the explorer at (http://127\.0\.0\.1:(\d+)/)", log_path.read_text())
+            if printed:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"serve printed no URL; see {log.name}")
+        url = printed.group(1)
+        assert int(printed.group(2)) != port
         for _ in range(240):
             try:
                 urllib.request.urlopen(url, timeout=1)
@@ -57,8 +65,24 @@ def app_url(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+        taken.close()
     with pytest.raises(OSError):  # stopping the command stopped Voila too: nothing left serving
         urllib.request.urlopen(url, timeout=2)
+
+
+IDLE_KERNEL_S = 8
+
+
+def _kernels() -> set[int]:
+    """Process ids of the running IPython kernels of this machine."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"ipykernel" in stat.read_bytes():
+                found.add(int(stat.parent.name))
+        except OSError:
+            pass
+    return found
 
 
 def _changed(page, before, what: str):
@@ -100,3 +124,25 @@ def test_controls_change_the_canvas_pixels(app_url, tmp_path):
                 shutil.copy(shot, os.environ["POLYCAM_SCREENSHOT"])
         finally:
             browser.close()
+
+
+def test_a_closed_page_has_its_kernel_shut_down(app_url):
+    """Each page load starts a kernel (1-1.4 GB with its sweeps): closing the page must stop it."""
+    from playwright.sync_api import sync_playwright
+
+    before = _kernels()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1300})
+            page.goto(app_url, timeout=180_000)
+            page.wait_for_selector("canvas", timeout=180_000)
+            mine = _kernels() - before
+            assert mine, "the page started no kernel"
+            page.close()
+        finally:
+            browser.close()
+    deadline = time.monotonic() + IDLE_KERNEL_S + 60
+    while time.monotonic() < deadline and mine & _kernels():
+        time.sleep(1)
+    assert not mine & _kernels(), "the closed page's kernel still runs"
