@@ -286,3 +286,23 @@ def test_cli_index_prints_a_summary(tmp_path, mapsets, capsys):
     assert atlas.open_index(tmp_path).row("img0.mapset.npz").label == "c1"
     assert main(["index", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_rows_by_image_name_and_insdel_recorded_for_it(tmp_path, mapsets):
+    _write(tmp_path, mapsets[:2])
+    index = build_index(tmp_path, progress=False)
+    (row,) = index.query(image="img1")
+    index.set_insdel(row, {"±": 0.25, "-": None})
+    assert index.row(row.file).insdel("+-") == 0.25 and index.row(row.file).insdel("-") is None
+    with pytest.raises(KeyError):
+        index.set_insdel("nope.mapset.npz", {"+": 0.1})
+    with pytest.raises(ValueError, match="variant"):
+        index.set_insdel(row, {"x": 0.1})
+
+
+def test_a_damaged_index_file_or_no_index_is_a_clear_error(tmp_path, mapsets):
+    with pytest.raises(ValueError, match="has no atlas index"):
+        atlas.open_index(tmp_path)
+    (tmp_path / FILE_NAME).write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ValueError, match="not a readable atlas index"):
+        build_index(tmp_path, progress=False)

@@ -96,7 +96,7 @@ class Index:
               class_name: str | Iterable[str] | None = None, label: str | Iterable[str] | None = None,
               correct: bool | None = None, min_confidence: float | None = None,
               max_confidence: float | None = None, model_id: str | Iterable[str] | None = None,
-              evaluated: bool | None = None, min_insdel: float | None = None, max_insdel: float | None = None,
+              image: str | Iterable[str] | None = None, evaluated: bool | None = None, min_insdel: float | None = None, max_insdel: float | None = None,
               variant: str = "+-", min_context: float | None = None, labelled: bool | None = None,
               limit: int | None = None, offset: int = 0) -> list[Row]:
         """Rows matching every filter given, sorted.
@@ -104,7 +104,8 @@ class Index:
         ``sort``: a column name (:data:`SORTABLE`; ``"insdel"`` means the ``variant``'s Ins-Del),
         ``"-name"`` for descending, or a list of them; missing values (no label, not evaluated)
         come last either way; ties keep file order. ``pred_class``, ``class_name``, ``label`` and
-        ``model_id`` take one value or several. ``evaluated`` / ``min_insdel`` / ``max_insdel``
+        ``model_id`` and ``image`` (generate's image name, for recording Ins-Del) take one value or
+        several. ``evaluated`` / ``min_insdel`` / ``max_insdel``
         refer to ``variant``'s Ins-Del. ``limit`` and ``offset`` page the result.
 
         Raises:
@@ -130,6 +131,8 @@ class Index:
             one_of("label", label)
         if model_id is not None:
             one_of("model_id", model_id)
+        if image is not None:
+            one_of("image", image)
         if correct is not None:
             clauses.append("correct = ?")
             params.append(int(bool(correct)))

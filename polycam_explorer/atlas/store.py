@@ -60,6 +60,9 @@ def connect(folder: str | Path, *, create: bool) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         version = _schema_version(con)
+    except sqlite3.OperationalError as exc:
+        raise ValueError(f"the atlas index {str(path)!r} cannot be opened{' for writing' if create else ''} "
+                         f"({exc}): is the folder writable?") from exc
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{str(path)!r} is not a readable atlas index ({exc}): delete it and build the "
                          "index again") from exc
