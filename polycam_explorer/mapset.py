@@ -32,6 +32,11 @@ class MapSet:
     Layers are ordered input side first (fine -> coarse). A map set being filled by a running
     sweep has only its coarsest layers probed: ``depth_available < len(layers)`` and
     ``complete`` is False; depths up to ``depth_available`` can already be shown.
+
+    A progressive sweep (``iter_mapset(progressive=True)``) first fills the coarsest layer with
+    *estimates*: ``estimate`` is True, ``depth_available`` is 1, and depth 1 is the honest partial
+    channel sum over the ``channels_done`` of ``channels_total`` coarsest channels probed so far
+    (the others weigh 0). ``revision`` changes whenever scores change: key caches of maps on it.
     """
 
     def __init__(self, *, image: torch.Tensor, layers: Sequence[str], activations: Sequence[torch.Tensor],
@@ -54,12 +59,29 @@ class MapSet:
         self._minus: list[torch.Tensor | None] = [None] * len(self.layers)
         self._cache: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
         self._cache_lock = threading.Lock()  # a sweep thread fills the set while views read it
+        self.estimate = False  # True while the coarsest layer holds a progressive sweep's estimate
+        self.channels_total = int(self.activations[-1].shape[0]) if self.activations else 0
+        self.channels_done = 0  # coarsest-layer channels whose scores are in (all once it is exact)
+        self.revision = 0  # bumped by every set_scores / set_estimate
 
     # ----- filling ---------------------------------------------------------------------------
     def set_scores(self, index: int, scores: LayerScores) -> None:
         """Store the score matrices of layer ``index`` (called by the sweep, coarsest first)."""
         with self._cache_lock:
             self._plus[index], self._minus[index] = scores.s_plus, scores.s_minus
+            if index % len(self.layers) == len(self.layers) - 1:
+                self.estimate, self.channels_done = False, self.channels_total
+            self.revision += 1
+            self._cache.clear()
+
+    def set_estimate(self, scores: LayerScores, channels_done: int) -> None:
+        """Store an estimate of the coarsest layer's scores: ``channels_done`` channels are exact,
+        the others have ``S+ = 0``, ``S- = s0`` (weight 0 in every variant; see
+        :func:`probes.partial_scores`). The exact scores replace it through :meth:`set_scores`."""
+        with self._cache_lock:
+            self._plus[-1], self._minus[-1] = scores.s_plus, scores.s_minus
+            self.estimate, self.channels_done = True, int(channels_done)
+            self.revision += 1
             self._cache.clear()
 
     @property
@@ -87,10 +109,10 @@ class MapSet:
 
     @property
     def complete(self) -> bool:
-        return self.depth_available == len(self.layers)
+        return self.depth_available == len(self.layers) and not self.estimate
 
     def scores(self, layer: int | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(S+_l, S-_l)`` of one layer, each ``[K, C]``."""
+        """``(S+_l, S-_l)`` of one layer, each ``[K, C]`` (an estimate's while ``estimate`` is True)."""
         index = self._layer_index(layer)
         if self._plus[index] is None:
             raise ValueError(f"layer {self.layers[index]!r} has not been probed yet")
@@ -122,18 +144,19 @@ class MapSet:
         Partial map sets give the depths probed so far. Cached (LRU) on the map set's device.
         """
         variant = polycam.canonical_variant(variant)
-        # depth_available in the key: a sweep still filling the set never gets a stale stack
-        key = (self.class_index(class_idx), variant, bool(lnorm), self.depth_available)
+        # revision in the key: a sweep still filling the set (new layers, newer estimates, the
+        # exact scores after an estimate) never gets a stale stack
         with self._cache_lock:
+            key = (self.class_index(class_idx), variant, bool(lnorm), self.revision)
+            depth = self.depth_available
             maps = self._cache.get(key)
             if maps is not None:
                 self._cache.move_to_end(key)
                 return maps
-        first = len(self.layers) - key[3]
-        cams = [self.layer_cam(key[0], variant, i) for i in range(first, len(self.layers))]
+        cams = [self.layer_cam(key[0], variant, i) for i in range(len(self.layers) - depth, len(self.layers))]
         maps = polycam.poly_recursion(cams, use_lnorm=key[2])
         with self._cache_lock:
-            if self.depth_available == key[3]:  # not a stack of a depth that a sweep just passed
+            if self.revision == key[3]:  # not a stack of scores that a sweep has just replaced
                 self._cache[key] = maps
                 if len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
@@ -198,8 +221,10 @@ class MapSet:
 
     @property
     def probed(self) -> list[bool]:
-        """Per layer (fine -> coarse), whether its scores are in (a running sweep fills coarsest first)."""
-        return [plus is not None for plus in self._plus]
+        """Per layer (fine -> coarse), whether its exact scores are in (a running sweep fills coarsest
+        first; an estimate is not probed)."""
+        last = len(self._plus) - 1
+        return [plus is not None and not (self.estimate and i == last) for i, plus in enumerate(self._plus)]
 
     def clear_cache(self) -> None:
         """Forget the cached P stacks (they are recomputed on the next read)."""
@@ -209,7 +234,8 @@ class MapSet:
     def __repr__(self) -> str:
         top = self.topk(1)[0]
         return (f"MapSet({self.model_name}, {self.size[0]}x{self.size[1]}, layers={self.layers}, "
-                f"depth {self.depth_available}/{len(self.layers)}, top: {top[1]!r} {top[2]:.3f})")
+                f"depth {self.depth_available}/{len(self.layers)}"
+                f"{f' (estimate {self.channels_done}/{self.channels_total})' if self.estimate else ''}, top: {top[1]!r} {top[2]:.3f})")
 
     # ----- checks ----------------------------------------------------------------------------
     def class_index(self, class_idx: int) -> int:
@@ -249,18 +275,28 @@ def _integer(value: object, name: str) -> int:
 def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
                 batch_size: int = 64, device: torch.device | str | None = None,
                 progress: bool | Callable[[int, int], None] = True, cancel: object | None = None,
-                backend: str = "auto", precision: str = "fp32") -> Iterator[MapSet]:
+                backend: str = "auto", precision: str = "fp32", progressive: bool = False) -> Iterator[MapSet]:
     """Run the sweep and yield the same MapSet after each layer is probed, coarsest first.
 
     The first yield already allows depth 1; the last has ``complete`` True. Stopping early (or
     ``cancel`` being set, which raises :class:`SweepCancelled`) leaves a map set that says it is
     incomplete. Arguments as :func:`compute_mapset`.
+
+    ``progressive=True``: a first picture in seconds. The coarsest layer's masks are probed in
+    decreasing activation energy, and the map set is also yielded after its first small batch and
+    then about every 0.5 s with ``estimate`` True, ``depth_available`` 1 and ``channels_done`` of
+    ``channels_total`` coarsest channels in: depth 1 is then the partial channel sum over them (the
+    others weigh 0 in every variant). Redraw on each yield (``revision`` changes). The yields that
+    follow are exact, as without it, and the final scores are the same probes'. Off by default:
+    a caller must know to label estimates.
     """
     backend, precision = backends.check_backend(backend, precision)
     clf = as_classifier(model)
     x = _check_input(x, clf)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(progressive, bool):
+        raise ValueError(f"progressive must be True or False, got {progressive!r}")
     net = clf.net
     model_device = module_device(net)
     if device is not None and torch.device(device) != model_device:
@@ -288,7 +324,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
             ms.probs = s0
     ms.stats.update(backend=runner.name, precision=runner.precision, backend_setup_s=round(runner.setup_s, 3))
     steps = sweep(runner, x, ms.activations, s0, batch_size=batch_size, cancel=cancel, progress=progress,
-                  plans=plans)
+                  plans=plans, progressive=progressive)
     try:
         while True:
             # the model is frozen and gradients are off only while a layer is probed, never while
@@ -297,7 +333,12 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
                 step = next(steps, None)
             if step is None:
                 return
-            index, scores, counts = step
+            index, scores, counts = step.index, step.scores, step.counts
+            if not step.exact:
+                ms.set_estimate(scores, step.channels_done)
+                ms.stats.update(counts, batch_size=batch_size)
+                yield ms
+                continue
             _warn_if_not_finite(scores, layers[index], clf.name)
             if runner.precision == "bf16":
                 _check_precision(ms, net, x, index, plans[index], scores, batch_size)
