@@ -258,6 +258,7 @@ def _build(con, folder: Path, labels: Labels, progress: Progress, thumb_size: in
     gone = [f for f in known if f not in found]
     with transaction(con):  # removed files, and labels of rows kept, at once
         con.executemany("DELETE FROM mapsets WHERE file=?", [(f,) for f in gone])
+        con.executemany("DELETE FROM blobs WHERE file=?", [(f,) for f in gone])
         con.executemany("DELETE FROM skipped WHERE file=?", [(f,) for f in skipped if f not in found])
         rows = con.execute("SELECT file, image, label, correct, pred_class, pred_name FROM mapsets").fetchall()
         for f, image, old_label, old_correct, pred, name in rows:
@@ -319,11 +320,16 @@ def _read_one(folder: Path, f: str, st: os.stat_result, old: tuple | None, image
     values.update(file=f, image=image, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest, label=label,
                   correct=is_correct(label, values["pred_class"], values["pred_name"]),
                   insdel_plus=None, insdel_minus=None, insdel_pm=None)  # a changed file's Ins-Del is stale
-    return "row", tuple(values[name] for name, _ in store.ROW_COLUMNS + store.BLOB_COLUMNS)
+    return "row", (tuple(values[name] for name, _ in store.ROW_COLUMNS),
+                   tuple(values[name] for name, _ in store.BLOB_COLUMNS))
 
 
-_INSERT = (f"INSERT OR REPLACE INTO mapsets ({', '.join(n for n, _ in store.ROW_COLUMNS + store.BLOB_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(store.ROW_COLUMNS + store.BLOB_COLUMNS))})")
+def _insert(table: str, columns) -> str:
+    return (f"INSERT OR REPLACE INTO {table} ({', '.join(n for n, _ in columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
+
+
+_INSERT_ROW, _INSERT_BLOBS = _insert("mapsets", store.ROW_COLUMNS), _insert("blobs", store.BLOB_COLUMNS)
 
 
 def _commit(con, pending: list[tuple[str, tuple]]) -> None:
@@ -332,10 +338,12 @@ def _commit(con, pending: list[tuple[str, tuple]]) -> None:
     with transaction(con):
         for kind, values in pending:
             if kind == "row":
-                con.execute("DELETE FROM skipped WHERE file=?", (values[0],))
-                con.execute(_INSERT, values)
+                con.execute("DELETE FROM skipped WHERE file=?", (values[0][0],))
+                con.execute(_INSERT_ROW, values[0])
+                con.execute(_INSERT_BLOBS, values[1])
             elif kind == "skip":
                 con.execute("DELETE FROM mapsets WHERE file=?", (values[0],))
+                con.execute("DELETE FROM blobs WHERE file=?", (values[0],))
                 con.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", values)
             else:
                 con.execute("UPDATE mapsets SET size=?, mtime_ns=? WHERE file=?", values)

@@ -6,8 +6,10 @@ One file ``<DIR>/.polycam-atlas.sqlite`` (WAL journal) beside the map sets. Tabl
   separators); what identifies the file's version (size, mtime in ns, SHA-256 of the bytes), the
   model (name and :func:`~polycam_explorer.model_fingerprint` ``model_id``), input size, layers,
   the top-5 classes, the label and whether the top class matches it, per-variant Ins-Del (NULL
-  until evaluated), context reliance (how much PCAM- exceeds PCAM+), small predicted-class maps
-  per variant (float16, aligned on the input frame, for aggregates) and a thumbnail (JPEG).
+  until evaluated) and context reliance (how much PCAM- exceeds PCAM+).
+- ``blobs``: per file of ``mapsets``, its layers, small predicted-class maps per variant (float16,
+  aligned on the input frame, for aggregates) and a thumbnail (JPEG); kept apart so that sorting
+  and filtering scan only the light rows.
 - ``skipped``: files that are not readable map sets, with the version seen and the reason, so they
   are not read again until they change.
 - ``meta``: the schema version and the remembered label source.
@@ -22,7 +24,7 @@ import sqlite3
 from pathlib import Path
 
 FILE_NAME = ".polycam-atlas.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VARIANTS = ("+", "-", "+-")
 INSDEL_COLUMN = {"+": "insdel_plus", "-": "insdel_minus", "+-": "insdel_pm"}
 
@@ -37,7 +39,7 @@ ROW_COLUMNS = (
     ("insdel_plus", "REAL"), ("insdel_minus", "REAL"), ("insdel_pm", "REAL"),
     ("context", "REAL NOT NULL"), ("plus_minus_diff", "REAL NOT NULL"),
 )
-BLOB_COLUMNS = (("layers", "TEXT NOT NULL"), ("maps", "BLOB NOT NULL"), ("map_size", "INTEGER NOT NULL"),
+BLOB_COLUMNS = (("file", "TEXT PRIMARY KEY"), ("layers", "TEXT NOT NULL"), ("maps", "BLOB NOT NULL"), ("map_size", "INTEGER NOT NULL"),
                 ("thumbnail", "BLOB NOT NULL"), ("thumb_format", "TEXT NOT NULL"))
 
 
@@ -84,11 +86,11 @@ def _schema_version(con: sqlite3.Connection) -> int | None:
 
 def _create(con: sqlite3.Connection) -> None:
     """(Re)create the tables: an index of an older schema is rebuilt from the map sets."""
-    columns = ", ".join(f"{name} {kind}" for name, kind in ROW_COLUMNS + BLOB_COLUMNS)
     with transaction(con):
-        for table in ("mapsets", "skipped", "meta"):
+        for table in ("mapsets", "blobs", "skipped", "meta"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
-        con.execute(f"CREATE TABLE mapsets ({columns})")
+        con.execute(f"CREATE TABLE mapsets ({', '.join(f'{name} {kind}' for name, kind in ROW_COLUMNS)})")
+        con.execute(f"CREATE TABLE blobs ({', '.join(f'{name} {kind}' for name, kind in BLOB_COLUMNS)})")
         con.execute("CREATE TABLE skipped (file TEXT PRIMARY KEY, size INTEGER NOT NULL, "
                     "mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL)")
         con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
