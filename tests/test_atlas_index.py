@@ -200,7 +200,7 @@ def test_sort_and_filter_match_a_plain_computation(tmp_path, mapsets):
     by_insdel = files(index.query(sort="-insdel"))
     assert by_insdel[:5] == sorted(insdel, key=lambda f: -insdel[f]) and set(by_insdel[5:]) == set(names[5:])
     assert files(index.query(evaluated=True, min_insdel=0.15)) == [f for f in names[:5] if insdel[f] >= 0.15]
-    assert index.rows(sort="-confidence")[0].insdel("+") is not None or True
+    assert index.row(names[2]).insdel("+") == pytest.approx(-0.2)
     assert files(index.query(sort="file", limit=3, offset=2)) == names[2:5]
     with pytest.raises(ValueError, match="cannot sort by"):
         index.rows(sort="thumbnail; DROP TABLE mapsets")
@@ -306,3 +306,12 @@ def test_a_damaged_index_file_or_no_index_is_a_clear_error(tmp_path, mapsets):
     (tmp_path / FILE_NAME).write_bytes(b"not a database at all" * 100)
     with pytest.raises(ValueError, match="not a readable atlas index"):
         build_index(tmp_path, progress=False)
+
+
+def test_files_give_the_query_order_without_rows_and_unknown_filters_are_refused(tmp_path, mapsets):
+    _write(tmp_path, mapsets)
+    index = build_index(tmp_path, progress=False)
+    for kwargs in ({"sort": "-confidence"}, {"sort": "pred_class", "min_confidence": 0.2, "limit": 3, "offset": 1}):
+        assert index.files(**kwargs) == [r.file for r in index.query(**kwargs)]
+    with pytest.raises(ValueError, match="unknown filter"):
+        index.query(confidence=0.5)

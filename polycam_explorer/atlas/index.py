@@ -79,6 +79,10 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
 
 
+_FILTERS = ("pred_class", "class_name", "label", "correct", "min_confidence", "max_confidence", "model_id",
+            "image", "evaluated", "min_insdel", "max_insdel", "variant", "min_context", "labelled")
+
+
 class Index:
     """The index of a folder of map sets (``<folder>/.polycam-atlas.sqlite``), opened for reading.
 
@@ -96,25 +100,45 @@ class Index:
     def __len__(self) -> int:
         return self._one("SELECT COUNT(*) FROM mapsets")[0]
 
-    def query(self, *, sort: str | Sequence[str] | None = None, pred_class: int | Iterable[int] | None = None,
-              class_name: str | Iterable[str] | None = None, label: str | Iterable[str] | None = None,
-              correct: bool | None = None, min_confidence: float | None = None,
-              max_confidence: float | None = None, model_id: str | Iterable[str] | None = None,
-              image: str | Iterable[str] | None = None, evaluated: bool | None = None, min_insdel: float | None = None, max_insdel: float | None = None,
-              variant: str = "+-", min_context: float | None = None, labelled: bool | None = None,
-              limit: int | None = None, offset: int = 0) -> list[Row]:
+    def query(self, *, sort: str | Sequence[str] | None = None, limit: int | None = None, offset: int = 0,
+              **filters) -> list[Row]:
         """Rows matching every filter given, sorted.
 
         ``sort``: a column name (:data:`SORTABLE`; ``"insdel"`` means the ``variant``'s Ins-Del),
         ``"-name"`` for descending, or a list of them; missing values (no label, not evaluated)
-        come last either way; ties keep file order. ``pred_class``, ``class_name``, ``label`` and
-        ``model_id`` and ``image`` (generate's image name, for recording Ins-Del) take one value or
-        several. ``evaluated`` / ``min_insdel`` / ``max_insdel``
-        refer to ``variant``'s Ins-Del. ``limit`` and ``offset`` page the result.
+        come last either way; ties keep file order. ``limit`` and ``offset`` page the result.
+
+        Filters (all optional, combined with AND): ``pred_class``, ``class_name``, ``label``,
+        ``model_id`` and ``image`` (generate's image name) take one value or several; ``correct``,
+        ``labelled``, ``evaluated`` (Ins-Del of ``variant`` recorded) take True or False;
+        ``min_confidence``, ``max_confidence``, ``min_insdel``, ``max_insdel`` (of ``variant``,
+        default ``"+-"``) and ``min_context`` take numbers.
 
         Raises:
-            ValueError: an unknown sort column or variant, a negative limit or offset.
+            ValueError: an unknown sort column, filter or variant, a negative limit or offset.
         """
+        sql, params = self._sql(_SELECT, sort, limit, offset, filters)
+        with self._lock:
+            return [_row(values) for values in self._con.execute(sql, params)]
+
+    def files(self, *, sort: str | Sequence[str] | None = None, limit: int | None = None, offset: int = 0,
+              **filters) -> list[str]:
+        """The files of :meth:`query`'s rows, in its order, without making rows (a grid sorts and
+        pages with this, then fetches the rows of the page)."""
+        sql, params = self._sql("SELECT file FROM mapsets", sort, limit, offset, filters)
+        with self._lock:
+            return [f for (f,) in self._con.execute(sql, params)]
+
+    def _sql(self, select: str, sort, limit, offset, filters: dict) -> tuple[str, list]:
+        unknown = sorted(set(filters) - set(_FILTERS))
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; accepted: {list(_FILTERS)}")
+        return self._build_sql(select, sort, limit, offset, **filters)
+
+    def _build_sql(self, select: str, sort, limit, offset, *, pred_class=None, class_name=None, label=None,
+                   correct=None, min_confidence=None, max_confidence=None, model_id=None, image=None,
+                   evaluated=None, min_insdel=None, max_insdel=None, variant="+-", min_context=None,
+                   labelled=None) -> tuple[str, list]:
         insdel = INSDEL_COLUMN[_variant(variant)]
         clauses, params = [], []
 
@@ -149,14 +173,13 @@ class Index:
                                   ("context", ">=", min_context)):
             if value is not None:
                 bound(column, op, value)
-        sql = _SELECT + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + self._order(sort, insdel)
+        sql = select + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + self._order(sort, insdel)
         if limit is not None or offset:
             if (limit is not None and limit < 0) or offset < 0:
                 raise ValueError(f"limit and offset must be >= 0, got {limit}, {offset}")
             sql += " LIMIT ? OFFSET ?"
             params += [-1 if limit is None else int(limit), int(offset)]
-        with self._lock:
-            return [_row(values) for values in self._con.execute(sql, params)]
+        return sql, params
 
     def rows(self, sort: str | Sequence[str] | None = None, where: Mapping | None = None, **filters) -> list[Row]:
         """:meth:`query` with the filters as a dict (``where``) or keywords."""
