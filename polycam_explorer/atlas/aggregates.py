@@ -13,7 +13,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .index import Row, _variant
+from ..polycam import canonical_variant
+from .index import Row
 from .store import VARIANTS
 
 
@@ -33,7 +34,7 @@ class ClassMean:
 
 
 def _plane(maps: Mapping[str, np.ndarray], file: str, variant: str) -> np.ndarray:
-    return np.asarray(maps[file], dtype=np.float64)[VARIANTS.index(_variant(variant))]
+    return np.asarray(maps[file], dtype=np.float64)[VARIANTS.index(canonical_variant(variant))]
 
 
 def _mean(planes: list[np.ndarray]) -> np.ndarray | None:

@@ -202,7 +202,10 @@ def row_of(ms: MapSet, *, thumb_size: int = THUMB_SIZE, map_size: int = MAP_SIZE
     """The columns read from a loaded map set (everything but the file's identity and label)."""
     top = ms.topk(5)
     c = top[0][0]
-    full = {v: ms.saliency(c, v) for v in VARIANTS}  # H x W in [0, 1], full depth
+    if ms.depth_available == 0:
+        raise ValueError("the map set has no probed layer (saved before its sweep probed any): nothing to show")
+    # H x W in [0, 1] at the full depth (the deepest probed of a map set saved mid-sweep)
+    full = {v: ms.saliency(c, v, ms.depth_available) for v in VARIANTS}
     plus, minus = full["+"], full["-"]
     small = torch.stack([F.interpolate(full[v][None, None].float(), size=(map_size, map_size), mode="area")[0, 0]
                          for v in VARIANTS])

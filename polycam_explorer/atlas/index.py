@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..mapset import MapSet
+from ..polycam import canonical_variant
 from . import build as _build
 from . import store
 from .store import INSDEL_COLUMN, ROW_COLUMNS, VARIANTS, transaction
@@ -50,7 +51,7 @@ class Row(NamedTuple):
     plus_minus_diff: float  # mean |PCAM- - PCAM+| (full depth, predicted class)
 
     def insdel(self, variant: str = "+-") -> float | None:
-        return getattr(self, INSDEL_COLUMN[_variant(variant)])
+        return getattr(self, INSDEL_COLUMN[canonical_variant(variant)])
 
 
 _SELECT = f"SELECT {', '.join(name for name, _ in ROW_COLUMNS)} FROM mapsets"
@@ -66,13 +67,6 @@ def _row(values: tuple) -> Row:
     values[_TOP5] = tuple(map(tuple, json.loads(values[_TOP5])))
     values[_CORRECT] = None if values[_CORRECT] is None else bool(values[_CORRECT])
     return Row._make(values)
-
-
-def _variant(variant: str) -> str:
-    variant = "+-" if variant == "±" else variant
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of '+', '-', '+-' ('±'), got {variant!r}")
-    return variant
 
 
 def _as_list(value) -> list:
@@ -139,7 +133,7 @@ class Index:
                    correct=None, min_confidence=None, max_confidence=None, model_id=None, image=None,
                    evaluated=None, min_insdel=None, max_insdel=None, variant="+-", min_context=None,
                    labelled=None) -> tuple[str, list]:
-        insdel = INSDEL_COLUMN[_variant(variant)]
+        insdel = INSDEL_COLUMN[canonical_variant(variant)]
         clauses, params = [], []
 
         def one_of(column: str, values) -> None:
@@ -289,7 +283,7 @@ class Index:
         Raises:
             ValueError: an unknown variant; KeyError: the file is not in the index.
         """
-        sets = {INSDEL_COLUMN[_variant(v)]: (None if x is None else float(x)) for v, x in values.items()}
+        sets = {INSDEL_COLUMN[canonical_variant(v)]: (None if x is None else float(x)) for v, x in values.items()}
         if not sets:
             return
         with self._lock, transaction(self._con) as con:
