@@ -131,10 +131,13 @@ def serve(images: Sequence[str], *, model_name: str | None = None, weights: str 
     # exports land where the user started serve, not in the served notebook's temporary folder
     env = dict(os.environ)
     env.setdefault("POLYCAM_EXPLORER_EXPORTS", str(Path.cwd().resolve() / "polycam_exports"))
+    # our Voila template (jupyter/voila/templates/polycam): the lab page without CDN requests
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "jupyter"),
+                                                        env.get("JUPYTER_PATH")]))
     with tempfile.TemporaryDirectory(prefix="polycam-explorer-") as folder:
         notebook = app_notebook(images, Path(folder), model_name=model_name, weights=weights, backend=backend)
         command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--Voila.ip=127.0.0.1",
-                   "--Voila.port_retries=0",
+                   "--Voila.port_retries=0", "--template=polycam",
                    # the kernel of a closed or reloaded page (no connection left) is shut down, with
                    # its sweeps (threads: the kernel itself is idle): it does not run until serve stops
                    f"--MappingKernelManager.cull_idle_timeout={idle_kernel_timeout}",

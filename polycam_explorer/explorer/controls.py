@@ -103,7 +103,7 @@ class Controls:
                                    layout=W.Layout(display="none", width="auto"))
         self.progress = W.IntProgress(min=0, max=1, layout=W.Layout(width="240px", display="none"))
         self.progress_label = W.HTML()
-        self.stop_button = W.Button(description="cancel", icon="stop", layout=W.Layout(display="none"))
+        self.stop_button = W.Button(description="cancel", layout=W.Layout(display="none"))
 
         self.bindings = Bindings(state)
         for name in ("image", "klass", "other_class", "variant", "lnorm", "mode", "cmap", "opacity", "compare"):

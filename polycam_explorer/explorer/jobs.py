@@ -228,11 +228,11 @@ class JobTab:
     what: str = ""
     watches: tuple[str, ...] = ("image", "klass", "variant", "depth", "lnorm")
 
-    def __init__(self, state, store: Store, jobs: Jobs, *, label: str, icon: str) -> None:
+    def __init__(self, state, store: Store, jobs: Jobs, *, label: str) -> None:
         self.state, self.store, self.jobs = state, store, jobs
         self.job = jobs.job()
-        self.button = W.Button(description=label, icon=icon)
-        self.stop_button = W.Button(description="cancel", icon="stop", disabled=True)
+        self.button = W.Button(description=label)
+        self.stop_button = W.Button(description="cancel", disabled=True)
         self.progress = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="200px"))
         self.message = W.HTML()
         T.dlink((self.job, "total"), (self.progress, "max"))

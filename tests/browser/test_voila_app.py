@@ -101,6 +101,10 @@ def test_controls_change_the_canvas_pixels(app_url, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 1300})
+            outside, errors = [], []  # the app works offline: nothing is fetched from elsewhere
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
+                (app_url, "data:", "blob:")) else None)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(app_url, timeout=180_000)
             page.wait_for_selector("canvas", timeout=180_000)
             first = _changed(page, None, "the app opened")
@@ -116,6 +120,9 @@ def test_controls_change_the_canvas_pixels(app_url, tmp_path):
             page.locator("select").nth(1).select_option(index=2)  # the third most probable class
             after_class = _changed(page, after_variant, "choosing another class")
             assert len({tuple(first), tuple(after_depth), tuple(after_variant), tuple(after_class)}) == 4
+
+            assert not outside, f"the page requested addresses outside the machine: {outside}"
+            assert not errors, f"errors in the browser console: {errors[:5]}"
 
             shot = tmp_path / "explorer.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -67,8 +67,8 @@ class ExportView:
                  size: int) -> None:
         self.state, self.store, self.jobs, self.size = state, store, jobs, size
         self.export_dir = Path(export_dir).expanduser().resolve() if export_dir is not None else default_export_dir()
-        self.png_button = W.Button(description="export PNG", icon="image")
-        self.npz_button = W.Button(description="export maps (npz)", icon="download")
+        self.png_button = W.Button(description="export PNG")
+        self.npz_button = W.Button(description="export maps (npz)")
         self.link = W.HTML(f"<span style='font-size:90%'>exports go to <code>{html.escape(str(self.export_dir))}"
                            f"</code></span>")
         self.png_button.on_click(lambda _: self._guarded(self.png))

@@ -41,12 +41,13 @@ class FaithfulnessView(JobTab):
         self.figure = bq.Figure(marks=[self.ins_line, self.del_line], axes=axes,
                                 layout=W.Layout(width="520px", height="320px"), title="")
         self.legend = W.HTML(KEY_HTML)
-        super().__init__(state, store, jobs, label="compute curves", icon="line-chart")
+        super().__init__(state, store, jobs, label="compute curves")
         self.summary = self.message
         if jobs.model is None:
             self.job.message = "<i>pass model= to the Explorer to compute insertion / deletion curves</i>"
-        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress]), self.summary, self.legend,
-                              self.figure])
+        # the chart joins the page with its first curves: a bqplot figure laid out in a hidden tab
+        # measures zero pixels and draws rectangles of negative size (console errors)
+        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress]), self.summary, self.legend])
 
     def key(self, panel) -> tuple:
         return (self.state.image, panel.class_idx, panel.variant, panel.depth, panel.lnorm)
@@ -63,6 +64,8 @@ class FaithfulnessView(JobTab):
             self.ins_line.x, self.ins_line.y, self.del_line.x, self.del_line.y = [], [], [], []
             self.figure.title = ""
             return
+        if self.figure not in self.widget.children:
+            self.widget.children = (*self.widget.children, self.figure)
         self.ins_line.x = self.del_line.x = result["x"]
         self.ins_line.y, self.del_line.y = result["insertion"], result["deletion"]
         self.figure.title = (f"insertion {result['insertion_auc']:.3f} · deletion {result['deletion_auc']:.3f}"

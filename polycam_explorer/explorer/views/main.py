@@ -36,7 +36,7 @@ class MainView:
         self.hover = W.HTML("&nbsp;")
         self.status = W.HTML()
         self.legend = W.HTML(layout=W.Layout(display="none"))
-        self.reset_zoom = W.Button(description="reset zoom", icon="search-minus", disabled=True)
+        self.reset_zoom = W.Button(description="reset zoom", disabled=True)
         self.reset_zoom.on_click(lambda _: self.set_zoom(None))
         state.observe(lambda _: self.request(), names=list(DRAWN_BY))
         state.observe(self._on_image, names="image")

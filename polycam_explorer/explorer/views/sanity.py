@@ -52,7 +52,7 @@ class SanityView(JobTab):
         self.granularity = W.Dropdown(description="randomise", options=GRANULARITY_OPTIONS, value="stages")
         self.strip = W.Image(format="png", layout=W.Layout(display="none"))
         self.table = W.HTML()
-        super().__init__(state, store, jobs, label="run sanity check", icon="random")
+        super().__init__(state, store, jobs, label="run sanity check")
         self.granularity.observe(lambda _: self.refresh(), names="value")
         about = W.HTML("<b>Cascading randomisation</b> (Adebayo et al. 2018; the paper's Figure 26): the "
                        "model's layers are re-initialised from the output side, cumulatively, and the map "
