@@ -20,11 +20,15 @@ def __getattr__(name: str):
     if name == "explore":
         from .explorer.explore import explore
         return explore
+    if name == "atlas":  # the dataset index (SQLite), imported on first use
+        import importlib
+
+        return importlib.import_module(".atlas", __name__)
     raise AttributeError(f"module 'polycam_explorer' has no attribute {name!r}")
 
 
 __all__ = [
-    "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "compute_mapset",
+    "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "atlas", "compute_mapset",
     "deletion", "describe_layers", "explore", "find_target_layers", "insertion", "iter_mapset",
     "load_image", "load_model", "mapset_for", "model_fingerprint",
 ]

@@ -144,6 +144,9 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
         written.append(_merge_maps(out, stem, paths, dict(meta, method=stem[len(label) + 1:])))
     if save_mapsets:
         _publish_mapsets(out, {n: runs.part_path(out, "mapsets", n, keys[n], ".mapset.npz") for n in names})
+        from .atlas import build_index  # keep the dataset atlas's index of OUT/mapsets current
+
+        build_index(out / "mapsets", progress=False).close()
     return written
 
 

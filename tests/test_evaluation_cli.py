@@ -174,7 +174,8 @@ def _pictures(folder, names, seed=0):
 def _outputs(out):
     """Every result file (not the parts) -> its bytes."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".parts" not in p.parts}
+            if p.is_file() and ".parts" not in p.parts
+            and not p.name.startswith(".polycam-atlas")}  # the atlas index records file times
 
 
 def _gen(model, images, out, methods=("pcam+", "pcam+-", "gradcam"), **kw):
@@ -428,3 +429,22 @@ def test_ctrl_c_message_says_what_is_kept(tmp_path, capsys, monkeypatch, tiny_cl
         assert "complete" in err and "rerun" in err
     else:
         assert str(tmp_path / "o" / ".parts") in err and "resumes" in err
+
+
+def test_generate_keeps_the_atlas_index_of_its_map_sets_current(tmp_path):
+    images = _pictures(tmp_path / "images", ["a.png", "b.png"])
+    model = _tiny()
+    out = tmp_path / "out"
+    _gen(model, images, out, methods=["pcam+-"], save_mapsets=True)
+    index = pe.atlas.open_index(out / "mapsets")
+    try:
+        assert sorted(r.image for r in index.query()) == ["a.png", "b.png"]
+    finally:
+        index.close()
+    _pictures(images, ["c.png"], seed=1)
+    _gen(model, images, out, methods=["pcam+-"], save_mapsets=True)
+    index = pe.atlas.open_index(out / "mapsets")
+    try:
+        assert sorted(r.image for r in index.query()) == ["a.png", "b.png", "c.png"]
+    finally:
+        index.close()

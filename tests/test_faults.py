@@ -61,7 +61,8 @@ def _parts(out: Path) -> int:
 def _results(out: Path) -> dict:
     """Every result file outside the parts -> its bytes."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".parts" not in p.relative_to(out).parts}
+            if p.is_file() and ".parts" not in p.relative_to(out).parts
+            and not p.name.startswith(".polycam-atlas")}  # the atlas index records file times
 
 
 def _temporary(out: Path) -> list:
