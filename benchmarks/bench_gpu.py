@@ -3,10 +3,11 @@ and whether evaluating several images per forward batch beats one image at a tim
 
 Prints, measured in one run on the GPU at hand (random weights are fine for timing):
   - seconds per full map set (every class, variant and depth from one sweep) for each model,
-    precision and batch size: fp32 (strict: TF32 off), fp32 with TF32 convolutions (PyTorch's
-    default for cuDNN), channels_last, and the model in bf16 / fp16 (opt-in reduced precision);
-  - each path's agreement with strict fp32: the smallest Pearson r over the three variants and
-    every depth, for the top class;
+    backend (pe.compute_mapset's ``backend=``: eager, channels_last, compile) and precision
+    (fp32 with PyTorch's default TF32 convolutions; opt-in bf16 / fp16 autocast), batch 64 and 256;
+    compile's one-time compile is reported as setup, not in the per-map-set time;
+  - each path's agreement with eager fp32 with TF32 off: the smallest Pearson r over the three
+    variants and every depth, for the top class;
   - insertion + deletion (224 steps) per image, one image per call vs several images sharing
     forward batches.
 Targets (DESIGN.md): VGG16 <= 0.5 s, ResNet50 <= 1 s on one H100. The last line is one JSON object.
@@ -16,7 +17,6 @@ Targets (DESIGN.md): VGG16 <= 0.5 s, ResNet50 <= 1 s on one H100. The last line 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -58,40 +58,33 @@ def agreement(ref: pe.MapSet, other: pe.MapSet) -> float:
     return worst
 
 
-def variant_model(clf: pe.Classifier, kind: str) -> pe.Classifier:
-    net = copy.deepcopy(clf.net)
-    if kind == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
-    elif kind in ("bf16", "fp16"):
-        net = net.to(torch.bfloat16 if kind == "bf16" else torch.float16)
-    out = copy.copy(clf)
-    out.net = net
-    return out
+PATHS = [("eager", "fp32"), ("channels_last", "fp32"), ("channels_last", "bf16"), ("channels_last", "fp16"),
+         ("compile", "fp16")]  # compile: at the largest batch only (each compile costs a minute)
 
 
-def bench_model(name: str, device: torch.device, size: int, batch_sizes: list[int], repeats: int) -> dict:
+def bench_model(name: str, device: torch.device, size: int, batch_sizes: list[int], repeats: int,
+                paths: list[tuple[str, str]]) -> dict:
+    """Each backend and precision (pe.compute_mapset's own paths) against eager fp32 with TF32 off."""
     clf = pe.load_model(name, None)
     clf.net.to(device)
     x = pe.load_image(SAMPLE, clf, size=size).to(device)
     rows = {}
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    ref = pe.compute_mapset(clf, x, batch_size=batch_sizes[0], progress=False)
-    layers = ref.layers
-    for kind in ("fp32-strict", "fp32-tf32", "channels_last", "bf16", "fp16"):
-        tf32 = kind != "fp32-strict"
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        model = variant_model(clf, kind)
-        for b in batch_sizes:
-            seconds, ms = timed(lambda: pe.compute_mapset(model, x, layers, batch_size=b, progress=False),
-                                device, repeats)
-            rows[f"{kind}/b{b}"] = {"s": round(seconds, 4), "r_min": round(agreement(ref, ms), 6),
-                                    "forward_passes": ms.stats["forward_passes"]}
-            print(f"{name:9s} {kind:14s} batch {b:4d}: {seconds:8.3f} s  r_min {rows[f'{kind}/b{b}']['r_min']:.6f}"
-                  f"  ({ms.stats['forward_passes']} passes)", flush=True)
-    torch.backends.cudnn.allow_tf32 = True
+    ref = pe.compute_mapset(clf, x, batch_size=batch_sizes[0], progress=False, backend="eager")
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for cuDNN convolutions
     torch.backends.cuda.matmul.allow_tf32 = True
+    layers = ref.layers
+    for backend, precision in paths:
+        for b in batch_sizes[-1:] if backend == "compile" else batch_sizes:
+            seconds, ms = timed(lambda: pe.compute_mapset(clf, x, layers, batch_size=b, progress=False,
+                                                          backend=backend, precision=precision), device, repeats)
+            row = {"s": round(seconds, 4), "r_min": round(agreement(ref, ms), 6),
+                   "setup_s": round(float(ms.stats.get("backend_setup_s", 0.0)), 2),
+                   "forward_passes": ms.stats["forward_passes"]}
+            rows[f"{backend}/{precision}/b{b}"] = row
+            print(f"{name:9s} {backend:13s} {precision:4s} batch {b:4d}: {seconds:7.3f} s  r_min {row['r_min']:.6f}"
+                  f"  setup {row['setup_s']:.1f} s  ({row['forward_passes']} passes)", flush=True)
     return {"layers": layers, "runs": rows}
 
 
@@ -129,13 +122,16 @@ def main() -> None:
                         help="resnet18 at 32x32, on any device (checks the script; not a figure)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size, batches, repeats = (32, [64], 1) if args.quick else (224, [64, 128, 256], 3)
+    size, batches, repeats = (32, [64], 1) if args.quick else (224, [64, 256], 3)
     models = ["resnet18"] if args.quick else ["vgg16", "resnet50"]
+    paths = [p for p in PATHS if device.type == "cuda" or p[1] != "fp16"]
+    if args.quick:
+        paths = [p for p in paths if p[0] != "compile"]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {card}, torch {torch.__version__}", flush=True)
     result = {"device": card, "torch": torch.__version__, "size": size}
     for name in models:
-        result[name] = bench_model(name, device, size, batches, repeats)
+        result[name] = bench_model(name, device, size, batches, repeats, paths)
     result["evaluate"] = [bench_eval(models[-1], device, size, n, b, repeats) for n, b in
                           ([(2, 16)] if args.quick else [(8, 64), (8, 256)])]
     print(json.dumps(result))

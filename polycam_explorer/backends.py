@@ -21,8 +21,8 @@ network's logits (float32), computed one of these ways:
   and models that are not float32 run eager: there is nothing to win there.
 
 Exactness: every fp32 runner gives logits equal to eager's up to float rounding (maps at Pearson
-r >= 0.9999, tests/test_backends.py). ``precision="bf16"`` (opt-in, channels_last/compile under
-CPU bf16 autocast) is faster and less exact; the sweep measures its agreement on the image and
+r >= 0.9999, tests/test_backends.py). ``precision="bf16"`` (or ``"fp16"`` on CUDA; opt-in,
+channels_last/compile under autocast) is faster and less exact; the sweep measures its agreement on the image and
 warns (:class:`PrecisionWarning`) below :data:`MIN_BF16_AGREEMENT` (see :func:`bf16_agreement`).
 The user's model is never modified: every runner but eager works on a copy.
 """
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: CUDA only
 MIN_BF16_AGREEMENT = 0.999
 AUTO_EXPORT_MIN_PROBES = 512  # below this many probes a first export (~6 s) costs more than it saves
 RUNNER_CACHE_SIZE = 4
@@ -82,9 +82,9 @@ def check_backend(backend: object, precision: object = "fp32") -> tuple[str, str
     if backend not in ("auto",) and backend not in installed():
         raise ValueError(f"backend {backend!r} is not installed here (installed: {installed()}); "
                          "pip install 'polycam-explorer[fast]' adds onnxruntime")
-    if precision == "bf16" and backend in ("eager", "onnxruntime"):
-        raise ValueError(f"precision='bf16' runs on the 'channels_last' or 'compile' backend (or 'auto'), "
-                         f"not {backend!r}")
+    if precision != "fp32" and backend in ("eager", "onnxruntime"):
+        raise ValueError(f"precision={precision!r} runs on the 'channels_last' or 'compile' backend (or "
+                         f"'auto'), not {backend!r}")
     return backend, precision
 
 
@@ -129,6 +129,8 @@ def runner_for(net: nn.Module, x: torch.Tensor, *, backend: str = "auto", precis
         return _eager(net, dtype)
     if dtype != torch.float32:
         raise ValueError(f"backend {backend!r} runs float32 models; this one is {dtype}: use 'eager'")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' runs on a CUDA device; the sweep runs on {device} (use 'bf16' there)")
     if backend == "onnxruntime" and device.type != "cpu":
         raise ValueError(f"backend 'onnxruntime' runs on the CPU; the sweep runs on {device}")
     if backend == "auto":
@@ -170,6 +172,11 @@ def _eager(net: nn.Module, dtype: torch.dtype) -> Runner:
                   lambda b: net(b.to(dtype)))
 
 
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast type of a reduced precision (None for fp32)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def _frozen_copy(net: nn.Module) -> nn.Module:
     net_copy = copy.deepcopy(net).eval()
     for p in net_copy.parameters():
@@ -179,10 +186,11 @@ def _frozen_copy(net: nn.Module) -> nn.Module:
 
 def _channels_last(net: nn.Module, precision: str) -> Runner:
     net_copy = _frozen_copy(net).to(memory_format=torch.channels_last)
-    bf16 = precision == "bf16"
+    reduced = _autocast_dtype(precision)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(batch.device.type, reduced or torch.bfloat16,
+                                                    enabled=reduced is not None):
             return net_copy(batch.contiguous(memory_format=torch.channels_last)).float()
     return Runner("channels_last", precision, run)
 
@@ -190,7 +198,7 @@ def _channels_last(net: nn.Module, precision: str) -> Runner:
 def _compiled(net: nn.Module, x: torch.Tensor, precision: str, batch_size: int) -> Runner:
     net_copy = _frozen_copy(net).to(memory_format=torch.channels_last)
     compiled = torch.compile(net_copy, dynamic=False)
-    bf16 = precision == "bf16"
+    reduced = _autocast_dtype(precision)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         n = batch.shape[0]
@@ -199,7 +207,8 @@ def _compiled(net: nn.Module, x: torch.Tensor, precision: str, batch_size: int) 
             part = batch[s:s + batch_size]
             if part.shape[0] < batch_size:
                 part = torch.cat([part, part.new_zeros(batch_size - part.shape[0], *part.shape[1:])])
-            with torch.inference_mode(), torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
+            with torch.inference_mode(), torch.autocast(batch.device.type, reduced or torch.bfloat16,
+                                                        enabled=reduced is not None):
                 out.append(compiled(part.contiguous(memory_format=torch.channels_last)).float().clone())
         return torch.cat(out)[:n]
     run(x.expand(batch_size, -1, -1, -1))  # compile now, so setup_s counts it
