@@ -5,7 +5,17 @@
   settings (10 perturbations, radius 0.02, Captum's uniform ``default_perturb_func``).
 - :func:`cascading_randomization` (Adebayo et al. 2018; the paper's Appendix, Figure 26): the
   model's layers are re-initialised from the output side to the input side, cumulatively, on a
-  deep copy; a faithful map must change as they are. :func:`randomization_strip` draws the steps.
+  deep copy; a faithful map must change as they are. :func:`iter_cascading_randomization` yields
+  each step as soon as its map is scored; :func:`randomization_strip` draws the steps.
+
+What the scores mean: after step ``k`` every group from the output down to the ``k``-th one
+holds random weights. ``spearman`` is the rank correlation of the pixels of that model's map with
+the intact model's map (1: same ordering of pixels; 0: unrelated); ``ssim`` compares the two maps
+min-max normalised to [0, 1] (1: identical structure). A map that depends on what the model has
+learned falls towards 0 as the cascade goes down (Adebayo et al.: gradients and Grad-CAM do;
+Guided Backprop stays near 1 and fails). Both scores compare *maps*, so anything a method takes
+from the image rather than from the weights (edges showing through masks, the upsampling chain)
+keeps them above 0 even with every weight random: read them against the same check of a baseline.
 
 Captum, SciPy and scikit-image are imported on first use (``pip install polycam-explorer[eval]``).
 """
@@ -15,7 +25,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +36,8 @@ from .model_state import inference_state
 from .models import as_classifier
 
 EVAL_HINT = "pip install polycam-explorer[eval]"
-GRANULARITIES = ("layers", "blocks", "stages")
+GRANULARITIES = ("stages", "blocks", "layers")
+HEAD = "head"
 Progress = Callable[[int, int], None]
 
 
@@ -99,7 +110,8 @@ def sensitivity_max(explain: Callable[..., torch.Tensor], x: torch.Tensor, class
 class RandomizationStep:
     """One step of the cascade: ``name`` (the group just re-initialised, with every group after
     it in the forward pass), its parameterised ``modules``, the ``map`` on the randomised copy and
-    its Spearman rank correlation and SSIM to ``original`` (the map of the intact model)."""
+    its Spearman rank correlation and SSIM to ``original`` (the map of the intact model);
+    ``resolution`` is the stage's output ``(h, w)`` (None for the head and other granularities)."""
 
     name: str
     modules: tuple[str, ...]
@@ -107,41 +119,79 @@ class RandomizationStep:
     spearman: float
     ssim: float
     original: np.ndarray
+    resolution: tuple[int, int] | None = None
 
 
-def parameter_groups(model: nn.Module, x: torch.Tensor, granularity: str = "blocks") -> list[str]:
-    """Module names that :func:`cascading_randomization` re-initialises, in forward order.
+@dataclass(frozen=True)
+class Group:
+    """What one step re-initialises: ``name``, the parameter-owning ``modules`` (forward order) and,
+    for a resolution stage, its output ``resolution`` ``(h, w)``."""
 
-    - ``"layers"``: every module that owns parameters itself (conv, linear, norm, ...).
+    name: str
+    modules: tuple[str, ...]
+    resolution: tuple[int, int] | None = None
+
+
+def parameter_groups(model: nn.Module, x: torch.Tensor, granularity: str = "stages") -> list[str]:
+    """Names of the groups :func:`cascading_randomization` re-initialises, in forward order
+    (the ``name`` of each :func:`randomization_groups` entry)."""
+    return [g.name for g in randomization_groups(model, x, granularity)]
+
+
+def randomization_groups(model: nn.Module, x: torch.Tensor, granularity: str = "stages") -> list[Group]:
+    """The groups :func:`cascading_randomization` re-initialises, in forward order.
+
+    - ``"stages"`` (default): one group per resolution stage, the stages of
+      :func:`layers.describe_layers` (rule ``"main-path"``, at ``x``'s size): every parameterised
+      module that finishes after the previous stage's last block and no later than this stage's
+      (VGG16: ``features.3`` .. ``features.29``; ResNet50: ``relu``, ``layer1`` .. ``layer4``;
+      EfficientNet-Lite0: ``blocks.0``, ``blocks.1``, ``blocks.2``, ``blocks.4``, ``bn2``), named
+      by that block; what runs after the last stage (pooling, the classifier) is one group named
+      by its top-level modules (``fc``, ``classifier``), or ``"head"``.
     - ``"blocks"``: the discovery's blocks (``nn.Sequential`` opened, any other module with
       children is one block: a ResNet bottleneck, an EfficientNet block), those with parameters.
-    - ``"stages"``: the model's top-level children with parameters (``layer1`` .. ``layer4``).
+    - ``"layers"``: every module that owns parameters itself (conv, linear, norm, ...).
 
-    A module owning parameters outside every group becomes a group of its own; groups that never
+    A module owning parameters outside every block becomes a group of its own; groups that never
     run in a forward pass on ``x`` are dropped (re-initialising them would change nothing).
 
     Raises:
         ValueError: unknown ``granularity``, or a model without parameters.
     """
+    from .layers import describe_layers
+
     net = as_classifier(model).net
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     named = dict(net.named_modules())
     owners = [n for n, m in named.items() if _owns_parameters(m)]
-    if granularity == "layers":
-        groups = owners
-    else:
-        tops = _blocks(net) if granularity == "blocks" else [n for n, _ in net.named_children()]
-        groups = [n for n in tops if any(True for _ in named[n].parameters())]
-        groups += [n for n in owners if not any(_inside(n, g) for g in groups)]
-    if not groups:
+    if not owners:
         raise ValueError(f"{type(net).__name__} has no parameters to randomise")
+    if granularity == "stages":
+        stages = describe_layers(net, tuple(x.shape[-2:]), rule="main-path")
+        done = _finish_order(net, x, owners + [s.name for s in stages])
+        groups, taken = [], set()
+        for stage in stages:
+            members = tuple(n for n in owners if n in done and n not in taken and done[n] <= done[stage.name])
+            taken.update(members)
+            groups.append(Group(stage.name, members, (stage.height, stage.width)))
+        rest = tuple(n for n in owners if n in done and n not in taken)
+        if rest:
+            tops = list(dict.fromkeys(n.split(".")[0] for n in rest))
+            label = "+".join(tops) if len(tops) <= 3 else HEAD
+            groups.append(Group(label if label not in {g.name for g in groups} else HEAD, rest))
+        return [Group(g.name, tuple(sorted(g.modules, key=done.__getitem__)), g.resolution)
+                for g in groups if g.modules]
+    if granularity == "layers":
+        names = owners
+    else:
+        names = [n for n in _blocks(net) if any(True for _ in named[n].parameters())]
+        names += [n for n in owners if not any(_inside(n, g) for g in names)]
+    return [Group(n, tuple(o for o in owners if _inside(o, n))) for n in _forward_order(net, x, names)]
 
-    return _forward_order(net, x, groups)
 
-
-def _forward_order(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]:
-    """``names`` sorted by when each module first finishes in a forward pass; those never run dropped."""
+def _finish_order(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, int]:
+    """When each module first finishes in a forward pass on ``x`` (those never run left out)."""
     done: dict[str, int] = {}
 
     def record(name: str):
@@ -149,19 +199,26 @@ def _forward_order(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> lis
             done.setdefault(name, len(done))
         return fn
 
-    with inference_state(net), hooks(net, names, record):
+    with inference_state(net), hooks(net, list(dict.fromkeys(names)), record):
         net(x.to(module_device(net)))
+    return done
+
+
+def _forward_order(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """``names`` sorted by when each module first finishes in a forward pass; those never run dropped."""
+    done = _finish_order(net, x, names)
     return sorted((n for n in names if n in done), key=done.__getitem__)
 
 
 def cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
                             explain: Callable[[nn.Module, torch.Tensor, int], torch.Tensor], *,
-                            granularity: str = "blocks", groups: Sequence[str] | None = None, seed: int = 0,
-                            progress: Progress | None = None) -> list[RandomizationStep]:
+                            granularity: str = "stages", groups: Sequence[str | Group] | None = None, seed: int = 0,
+                            progress: Progress | None = None,
+                            on_step: Callable[[RandomizationStep], None] | None = None) -> list[RandomizationStep]:
     """Cascading randomisation (Adebayo et al. 2018), from the output side to the input side.
 
     A deep copy of ``model`` is made (the user's model is never modified). The groups of
-    :func:`parameter_groups` are re-initialised one after the other, last in the forward pass
+    :func:`randomization_groups` are re-initialised one after the other, last in the forward pass
     first and cumulatively, each of their parameterised modules by its own
     ``reset_parameters()`` (``_reset_parameters()`` where only that exists; a module with
     neither has each parameter redrawn from a normal with that parameter's mean and std), under
@@ -177,10 +234,12 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
         class_idx: the class explained (passed on to ``explain``).
         explain: ``explain(model, x, class_idx) -> H x W`` map (tensor or array). For Poly-CAM:
             ``lambda m, x, c: pe.compute_mapset(m, x, layers, progress=False).saliency(c, "+-")``.
-        granularity: ``"blocks"`` (default), ``"layers"`` or ``"stages"``; see :func:`parameter_groups`.
-        groups: explicit module names instead (any order; put in forward order here).
+        granularity: ``"stages"`` (default), ``"blocks"`` or ``"layers"``; see :func:`randomization_groups`.
+        groups: explicit groups instead: module names (any order; put in forward order here) or
+            :class:`Group` objects (taken in the order given, input side first).
         seed: seeds the re-initialisation (and anything random in ``explain``): same seed, same steps.
         progress: ``progress(done, total)`` after each map.
+        on_step: ``on_step(step)`` as soon as each step is scored, before the next is computed.
 
     Returns:
         One :class:`RandomizationStep` per group, output side first; the last has every group randomised.
@@ -189,6 +248,22 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
         ValueError: bad ``granularity``, unknown ``groups``, or maps of differing shapes.
         ImportError: without SciPy / scikit-image.
     """
+    steps = []
+    for step in iter_cascading_randomization(model, x, class_idx, explain, granularity=granularity, groups=groups,
+                                             seed=seed, progress=progress):
+        steps.append(step)
+        if on_step is not None:
+            on_step(step)
+    return steps
+
+
+def iter_cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
+                                 explain: Callable[[nn.Module, torch.Tensor, int], torch.Tensor], *,
+                                 granularity: str = "stages", groups: Sequence[str | Group] | None = None,
+                                 seed: int = 0, progress: Progress | None = None) -> Iterator[RandomizationStep]:
+    """:func:`cascading_randomization` as a generator: each step is yielded as soon as its map is
+    scored, and the next group is randomised only when the next step is asked for. The seeded RNG
+    is held only while a step computes (the caller's RNG is the caller's between steps)."""
     stats = _require("scipy.stats", "cascading_randomization")
     skm = _require("skimage.metrics", "cascading_randomization")
     _check_image(x)
@@ -196,33 +271,47 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: int,
         raise ValueError(f"seed must be an int, got {seed!r}")
     work = copy.deepcopy(model)
     net = as_classifier(work).net
-    if groups is None:
-        order = parameter_groups(net, x, granularity)
-    else:
-        named = dict(net.named_modules())
-        if isinstance(groups, str) or not groups or any(g not in named or g == "" for g in groups):
-            raise ValueError(f"groups must be a non-empty list of the model's module names, got {groups!r}")
-        order = _forward_order(net, x, list(dict.fromkeys(groups)))
+    order = _resolve_groups(net, x, granularity, groups)
     device = module_device(net)
+    forks = [device] if device.type == "cuda" else []
     total = len(order) + 1
-    steps: list[RandomizationStep] = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=forks):
         torch.manual_seed(seed)
         original = _as_map(explain(work, x, class_idx))
-        if progress is not None:
-            progress(1, total)
-        for index, name in enumerate(reversed(order)):
+    if progress is not None:
+        progress(1, total)
+    for index, group in enumerate(reversed(order)):
+        with torch.random.fork_rng(devices=forks):
             torch.manual_seed(seed + index + 1)
-            modules = _reinitialise(net.get_submodule(name), name)
+            for name in group.modules:
+                _reinitialise(net.get_submodule(name))
             current = _as_map(explain(work, x, class_idx))
-            if current.shape != original.shape:
-                raise ValueError(f"explain returned a {current.shape} map after randomising {name!r}, "
-                                 f"but {original.shape} for the intact model")
-            steps.append(RandomizationStep(name, modules, current, _spearman(stats, original, current),
-                                           _ssim(skm, original, current), original))
-            if progress is not None:
-                progress(index + 2, total)
-    return steps
+        if current.shape != original.shape:
+            raise ValueError(f"explain returned a {current.shape} map after randomising {group.name!r}, "
+                             f"but {original.shape} for the intact model")
+        step = RandomizationStep(group.name, group.modules, current, _spearman(stats, original, current),
+                                 _ssim(skm, original, current), original, group.resolution)
+        if progress is not None:
+            progress(index + 2, total)
+        yield step
+
+
+def _resolve_groups(net: nn.Module, x: torch.Tensor, granularity: str,
+                    groups: Sequence[str | Group] | None) -> list[Group]:
+    if groups is None:
+        return randomization_groups(net, x, granularity)
+    named = dict(net.named_modules())
+    if isinstance(groups, str) or not groups:
+        raise ValueError(f"groups must be a non-empty list of the model's module names, got {groups!r}")
+    if all(isinstance(g, Group) for g in groups):
+        if any(m not in named or not _owns_parameters(named[m]) for g in groups for m in g.modules):
+            raise ValueError(f"groups name modules without parameters of their own or not in the model: {groups!r}")
+        return list(groups)
+    if any(not isinstance(g, str) or g not in named or g == "" for g in groups):
+        raise ValueError(f"groups must be a non-empty list of the model's module names, got {groups!r}")
+    owners = [n for n, m in named.items() if _owns_parameters(m)]
+    return [Group(n, tuple(o for o in owners if _inside(o, n)))
+            for n in _forward_order(net, x, list(dict.fromkeys(groups)))]
 
 
 def randomization_strip(steps: Sequence[RandomizationStep], image_uint8: np.ndarray, *, cmap: str = "turbo",
@@ -280,20 +369,15 @@ def _inside(name: str, group: str) -> bool:
 
 
 @torch.no_grad()
-def _reinitialise(group: nn.Module, prefix: str) -> tuple[str, ...]:
-    names = []
-    for name, module in group.named_modules():
-        if not _owns_parameters(module):
-            continue
-        names.append(f"{prefix}.{name}".strip(".") if name else prefix)
-        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-        if callable(reset):
-            reset()
-            continue
-        for p in module.parameters(recurse=False):
-            std = float(p.float().std()) if p.numel() > 1 else 0.0
-            p.copy_(torch.randn_like(p) * std + p.float().mean().to(p.dtype))
-    return tuple(names)
+def _reinitialise(module: nn.Module) -> None:
+    """Re-initialise the parameters ``module`` owns itself (its children are groups' own business)."""
+    reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+    if callable(reset):
+        reset()
+        return
+    for p in module.parameters(recurse=False):
+        std = float(p.float().std()) if p.numel() > 1 else 0.0
+        p.copy_(torch.randn_like(p) * std + p.float().mean().to(p.dtype))
 
 
 def _as_map(values) -> np.ndarray:

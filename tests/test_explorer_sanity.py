@@ -33,8 +33,8 @@ def ex(ms, tiny_model):
 
 def rows(panel):
     """(group name, Spearman, SSIM) of each row of the tab's table."""
-    found = re.findall(r"<tr><td>\d+</td><td><code>([^<]*)</code></td><td>\d+</td><td>([^<]*)</td><td>([^<]*)</td>",
-                       panel.table.value)
+    found = re.findall(r"<tr><td>\d+</td><td><code>([^<]*)</code></td><td>[^<]*</td><td>\d+</td><td>([^<]*)</td>"
+                       r"<td>([^<]*)</td>", panel.table.value)
     return [(name, float(rho.replace("n/a", "nan")), float(ssim)) for name, rho, ssim in found]
 
 
@@ -73,7 +73,7 @@ def test_result_belongs_to_its_class_variant_and_granularity(ex, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a cached check")
 
-    monkeypatch.setattr(sanity, "cascading_randomization", fail)
+    monkeypatch.setattr(sanity, "iter_cascading_randomization", fail)
     for control, other in ((ex.klass, 0), (ex.variant, "-"), (ex.sanity.granularity, "blocks")):
         before = control.value
         control.value = other
@@ -104,6 +104,43 @@ def test_cancel_stops_the_check(ex, monkeypatch):
     monkeypatch.setattr(sanity, "compute_mapset", real)
     ex.sanity.compute(block=True)  # a later run starts afresh
     assert len(rows(ex.sanity)) == 4
+
+
+def test_the_strip_fills_step_by_step(ex, ms, tiny_model, tiny_x, monkeypatch):
+    """Each step is on screen (table row and strip tile) before the next map is computed."""
+    real, seen = sanity.compute_mapset, []
+
+    def watched(*args, **kwargs):
+        table = ex.sanity.table.value
+        done = len(rows(ex.sanity))
+        pending = table.count("<td>…</td><td>…</td>")
+        tiles = 0
+        if ex.sanity.strip.value:  # tiles of 112 pixels (the images are square) and 4 of padding
+            tiles = (Image.open(io.BytesIO(ex.sanity.strip.value)).size[0] - 4) // 116
+        seen.append((done, pending, ex.sanity.strip.layout.display, tiles))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sanity, "compute_mapset", watched)
+    ex.sanity.compute(block=True)
+    groups = parameter_groups(tiny_model, tiny_x, "stages")
+    n = len(groups)
+    # before the original map: nothing scored, every stage pending; before map k+1: k rows and k+1 tiles
+    assert [d for d, _, _, _ in seen] == list(range(n + 1))[:1] + list(range(n))
+    assert [p for _, p, _, _ in seen] == [n] + [n - k for k in range(n)]
+    assert [shown for _, _, shown, _ in seen][2:] == [None] * (n - 1)
+    assert [t for _, _, _, t in seen][2:] == list(range(2, n + 1))
+    assert len(rows(ex.sanity)) == n and "…" not in ex.sanity.table.value
+    assert "With every group random" in ex.sanity.table.value
+
+
+def test_the_tab_says_what_the_numbers_mean(ex):
+    text = ex.sanity.widget.children[1].children[0].value
+    for words in ("Spearman", "rank correlation", "SSIM", "Adebayo", "Figure 26", "Passing", "towards 0",
+                  "resolution stages", "edges"):
+        assert words in text, words
+    assert ex.sanity.granularity.value == "stages"
+    ex.sanity.compute(block=True)
+    assert "output" in ex.sanity.table.value and "×" in ex.sanity.table.value  # each stage's resolution
 
 
 def test_runs_in_the_background_and_close_cancels_it(ms, tiny_model, monkeypatch):
@@ -137,7 +174,7 @@ def test_error_is_shown_and_the_button_comes_back(ex, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(sanity, "cascading_randomization", fail)
+    monkeypatch.setattr(sanity, "iter_cascading_randomization", fail)
     ex.sanity.compute(block=True)
     assert "model exploded" in ex.sanity.message.value and errors(ex)
     assert not ex.sanity.button.disabled and ex.sanity.stop_button.disabled

@@ -13,7 +13,8 @@ from skimage.metrics import structural_similarity
 
 import polycam_explorer as pe
 from polycam_explorer import render
-from polycam_explorer.robustness import (RandomizationStep, cascading_randomization, parameter_groups,
+from polycam_explorer.robustness import (Group, RandomizationStep, cascading_randomization,
+                                         iter_cascading_randomization, parameter_groups, randomization_groups,
                                          randomization_strip, sensitivity_max)
 
 LAYER_ORDER = ["features.0", "features.2", "features.4", "fc"]  # parameterised layers, forward order
@@ -131,10 +132,12 @@ def test_one_cumulative_step_per_group_output_side_first(tiny_model, tiny_x):
 def test_groups_follow_the_granularity(tiny_model, tiny_x):
     assert parameter_groups(tiny_model, tiny_x, "layers") == LAYER_ORDER
     assert parameter_groups(tiny_model, tiny_x, "blocks") == LAYER_ORDER
-    assert parameter_groups(tiny_model, tiny_x, "stages") == ["features", "fc"]
+    # resolution stages: named by the stage's last block (the target layers), then the head
+    assert parameter_groups(tiny_model, tiny_x, "stages") == ["features.1", "features.3", "features", "fc"]
     steps = cascading_randomization(tiny_model, tiny_x, 1, grey, granularity="stages")
-    assert [s.name for s in steps] == ["fc", "features"]
-    assert steps[1].modules == ("features.0", "features.2", "features.4")
+    assert [s.name for s in steps] == ["fc", "features", "features.3", "features.1"]
+    assert [s.modules for s in steps] == [("fc",), ("features.4",), ("features.2",), ("features.0",)]
+    assert [s.resolution for s in steps] == [None, (4, 4), (8, 8), (16, 16)]
     steps = cascading_randomization(tiny_model, tiny_x, 1, grey, groups=["features.0", "fc"])
     assert [s.name for s in steps] == ["fc", "features.0"]
     with pytest.raises(ValueError, match="granularity"):
@@ -190,3 +193,65 @@ def test_strip_has_one_tile_per_step_plus_the_original(tiny_model, tiny_x):
     assert np.abs(first - expected).max() <= 1  # the first tile is the intact model's map
     with pytest.raises(ValueError, match="image_uint8"):
         randomization_strip(steps, image[:8])
+
+
+def test_stages_follow_the_resolution_stages_of_a_resnet():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    groups = randomization_groups(net, x, "stages")
+    assert [g.name for g in groups] == ["relu", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert [g.resolution for g in groups] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), None]
+    assert groups[0].modules == ("conv1", "bn1")
+    assert all(m.startswith("layer3.") for m in groups[3].modules) and groups[-1].modules == ("fc",)
+    every = [n for n, m in net.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    assert sorted(m for g in groups for m in g.modules) == sorted(every)  # each module in one stage
+    seen = []
+
+    def spy(model, xx, c):  # which stages differ from the intact weights when each map is made
+        seen.append([g.name for g in groups if any(
+            not torch.equal(model.get_submodule(m).weight, net.get_submodule(m).weight) for m in g.modules)])
+        return xx[0].mean(0) + model(xx)[0, c].detach()
+
+    steps = cascading_randomization(net, x, 1, spy)
+    assert [s.name for s in steps] == ["fc", "layer4", "layer3", "layer2", "layer1", "relu"]  # top-down
+    assert seen == [[], ["fc"], ["layer4", "fc"], ["layer3", "layer4", "fc"], ["layer2", "layer3", "layer4", "fc"],
+                    ["layer1", "layer2", "layer3", "layer4", "fc"], ["relu", "layer1", "layer2", "layer3", "layer4", "fc"]]
+
+
+def test_each_step_arrives_before_the_next_is_computed(tiny_model, tiny_x):
+    events = []
+
+    def traced(model, x, c):
+        events.append("map")
+        return gradient(model, x, c)
+
+    for step in iter_cascading_randomization(tiny_model, tiny_x, 1, traced, granularity="stages"):
+        events.append(step.name)
+    assert events == ["map", "map", "fc", "map", "features", "map", "features.3", "map", "features.1"]
+    events.clear()
+    steps = cascading_randomization(tiny_model, tiny_x, 1, traced, granularity="stages",
+                                    on_step=lambda s: events.append(s.name))
+    assert events[:3] == ["map", "map", "fc"] and [s.name for s in steps] == events[2::2]
+    # the generator and the list give the same numbers
+    again = list(iter_cascading_randomization(tiny_model, tiny_x, 1, gradient, granularity="stages"))
+    direct = cascading_randomization(tiny_model, tiny_x, 1, gradient, granularity="stages")
+    assert [s.spearman for s in again] == [s.spearman for s in direct]
+
+
+def test_generator_leaves_the_callers_rng_alone_between_steps(tiny_model, tiny_x):
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    steps = iter_cascading_randomization(tiny_model, tiny_x, 1, gradient, granularity="stages")
+    next(steps)
+    assert torch.equal(torch.rand(2), expected)
+
+
+def test_explicit_group_objects_are_taken_as_given(tiny_model, tiny_x):
+    groups = [Group("first", ("features.0", "features.2")), Group("rest", ("features.4", "fc"))]
+    steps = cascading_randomization(tiny_model, tiny_x, 1, grey, groups=groups)
+    assert [s.name for s in steps] == ["rest", "first"] and steps[1].modules == ("features.0", "features.2")
+    with pytest.raises(ValueError, match="groups"):
+        cascading_randomization(tiny_model, tiny_x, 1, grey, groups=[Group("x", ("features.1",))])
