@@ -114,9 +114,11 @@ class MapSet:
     def scores(self, layer: int | str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(S+_l, S-_l)`` of one layer, each ``[K, C]`` (an estimate's while ``estimate`` is True)."""
         index = self._layer_index(layer)
-        if self._plus[index] is None:
+        with self._cache_lock:  # both of one revision, while a sweep replaces estimates
+            plus, minus = self._plus[index], self._minus[index]
+        if plus is None:
             raise ValueError(f"layer {self.layers[index]!r} has not been probed yet")
-        return self._plus[index], self._minus[index]
+        return plus, minus
 
     # ----- reading ---------------------------------------------------------------------------
     def topk(self, k: int = 5) -> list[tuple[int, str, float]]:
@@ -148,12 +150,16 @@ class MapSet:
         # exact scores after an estimate) never gets a stale stack
         with self._cache_lock:
             key = (self.class_index(class_idx), variant, bool(lnorm), self.revision)
-            depth = self.depth_available
+            first = len(self.layers) - self.depth_available
             maps = self._cache.get(key)
             if maps is not None:
                 self._cache.move_to_end(key)
                 return maps
-        cams = [self.layer_cam(key[0], variant, i) for i in range(len(self.layers) - depth, len(self.layers))]
+            scores = [(i, self._plus[i], self._minus[i]) for i in range(first, len(self.layers))]  # one revision's
+        c = key[0]
+        cams = [polycam.layer_cam(self.activations[i], polycam.channel_weights(variant, self.probs[c], plus[:, c],
+                                                                               minus[:, c]))
+                for i, plus, minus in scores]
         maps = polycam.poly_recursion(cams, use_lnorm=key[2])
         with self._cache_lock:
             if self.revision == key[3]:  # not a stack of scores that a sweep has just replaced
@@ -296,7 +302,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(progressive, bool):
-        raise ValueError(f"progressive must be True or False, got {progressive!r}")
+        raise TypeError(f"progressive must be True or False, got {progressive!r}")
     net = clf.net
     model_device = module_device(net)
     if device is not None and torch.device(device) != model_device:
@@ -340,7 +346,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
                 yield ms
                 continue
             _warn_if_not_finite(scores, layers[index], clf.name)
-            if runner.precision == "bf16":
+            if runner.precision != "fp32":  # bf16 or fp16: measure the agreement
                 _check_precision(ms, net, x, index, plans[index], scores, batch_size)
             ms.set_scores(index, scores)
             ms.stats.update(counts, batch_size=batch_size)

@@ -128,7 +128,7 @@ def test_a_cancel_during_the_estimates_stops_the_sweep(tiny_model, tiny_x, every
 def test_progressive_is_off_by_default_and_checked(tiny_model, tiny_x, every_batch):
     assert not any(ms.estimate for ms in pe.iter_mapset(tiny_model, tiny_x, progress=False,
                                                         batch_size=every_batch))
-    with pytest.raises(ValueError, match="progressive"):
+    with pytest.raises(TypeError, match="progressive"):
         next(pe.iter_mapset(tiny_model, tiny_x, progress=False, progressive="yes"))
 
 
