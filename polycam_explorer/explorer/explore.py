@@ -111,7 +111,9 @@ class SweepRunner:
         first = True
         for ms in iter_mapset(self.model, x, self.layers, batch_size=self.batch_size, device=self.device,
                               progress=lambda done, total: self.store.set_progress((name, done, total)),
-                              cancel=self.stop, backend=self.backend):
+                              cancel=self.stop, backend=self.backend, progressive=True):
+            # progressive: the first yields are labelled estimates of depth 1 (ms.estimate), within
+            # seconds; each later yield (estimate or layer) redraws
             if first:
                 self.store.add_mapset(name, ms, show=show)
                 first = False

@@ -150,4 +150,7 @@ def caption(ms: MapSet, panel: Panel, *, against: Optional[int] = None, computin
             + ("" if panel.lnorm else " · no LNorm"))
     if against is not None:
         text += f" · against {html.escape(ms.class_names[against])}"
+    if ms.estimate:  # a progressive sweep's partial channel sum (iter_mapset(progressive=True))
+        text += (f" · <b>estimate</b>: {ms.channels_done}/{ms.channels_total} channels of "
+                 f"{html.escape(ms.layers[-1])} probed")
     return text

@@ -76,7 +76,7 @@ class RecursionView:
         """Thumbnails of every depth (built once per class, variant, LNorm and colormap); the
         current depth is framed."""
         tile, pad = STRIP_TILE, STRIP_PAD
-        key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.depth_available)
+        key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.revision)
         if self._strip_cache[0] != key:
             rows, cols = frames.nearest_indices(ms.size, (tile, tile))
             small = image[rows, cols]
@@ -91,7 +91,7 @@ class RecursionView:
 
     def render_teaching(self, ms: MapSet, panel: frames.Panel, cmap: str) -> None:
         """CAM_l, LNorm(CAM_l), upsampled P_l+1 and their product for the panel's depth."""
-        key = (ms, panel, cmap, ms.depth_available)
+        key = (ms, panel, cmap, ms.revision)
         if self._teaching_key == key:
             return
         self._teaching_key = key
