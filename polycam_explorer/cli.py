@@ -45,12 +45,25 @@ def _class_index(model, x: torch.Tensor, spec: str | None) -> int | None:
     return names.index(spec.strip().lower())
 
 
+OVERLAY_MAX = 1024  # the longest side of explain's overlays (the original's when smaller)
+
+
+def _fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """``size``'s aspect ratio with the longest side ``longest``."""
+    h, w = size
+    scale = longest / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
             batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
             progress: bool = True, layer_rule: str | None = None, backend: str = "auto") -> dict:
     """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid.
 
+    The maps are computed at the model's input size (the whole image resized) and laid back onto
+    the photo's own frame: overlays keep the original aspect ratio, longest side the original's
+    capped at :data:`OVERLAY_MAX` (the summary's tiles: the model's input size as longest side).
     The output folder and the class are checked before the sweep (ValueError naming them).
     """
     from .runs import writable_folder
@@ -65,27 +78,31 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     if c is None:
         c = ms.topk(1)[0][0]
     stem = Path(image).stem
-    picture = render.image_uint8(ms.image, ms.mean, ms.std)
+    original = render.image_uint8(load_image(image, size=0), (0.5,) * 3, (0.5,) * 3)  # the photo, as read
+    frame = _fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
+    thumb = _fitted_size(original.shape[:2], max(ms.size))
+    picture, small = render.fit_picture(original, frame), render.fit_picture(original, thumb)
     rows, files = [], []
     for variant in variants:
         row = []
         for depth, layer in enumerate(reversed(ms.layers), start=1):
-            tile = render.overlay(picture, ms.saliency(c, variant, depth), cmap)
+            saliency = ms.saliency(c, variant, depth)
+            tile = render.overlay(picture, render.resize_map(saliency, frame), cmap)
             path = out_dir / f"{stem}_{VARIANT_FILE_NAMES[variant]}_depth{depth}_{layer}.png"
             render.save_png(tile, path)
             files.append(str(path))
-            row.append(tile)
+            row.append(render.overlay(small, render.resize_map(saliency, thumb), cmap))
         rows.append(row)
     labels = [f"{l} ({ms.activations[i].shape[-2]}x{ms.activations[i].shape[-1]})"
               for i, l in reversed(list(enumerate(ms.layers)))]
-    summary = render.grid([[picture] + r for r in rows],
+    summary = render.grid([[small] + r for r in rows],
                           row_labels=[VARIANT_FILE_NAMES[v].upper() for v in variants],
                           col_labels=["image"] + [f"d{d}: {lab}" for d, lab in enumerate(labels, 1)])
     render.save_png(summary, out_dir / f"{stem}_summary.png")
     if save_mapset:
         ms.save(out_dir / f"{stem}.mapset.npz", fp16=True)
     report = {"image": image, "model": ms.model_name, "layers": ms.layers, "explained_class": c,
-              "explained_name": ms.class_names[c],
+              "explained_name": ms.class_names[c], "frame": list(original.shape[:2]), "overlay_size": list(frame),
               "top5": [{"index": i, "name": n, "probability": p} for i, n, p in ms.topk(5)],
               "forward_passes": ms.stats.get("forward_passes"), "naive_passes": ms.stats.get("naive_passes"),
               "files": files + [str(out_dir / f"{stem}_summary.png")]}

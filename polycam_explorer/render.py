@@ -100,6 +100,59 @@ def diverging_bar(width: int = 96, height: int = 12) -> np.ndarray:
     return diverging(np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :].repeat(height, 0))
 
 
+def resize_map(values: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map (``h x w``) resized bilinearly to ``size`` (``H x W``), as float32 numpy: the map
+    computed at the model's input size laid over another frame (the original photo's). Pixel
+    centres are aligned (``align_corners=False``), no antialiasing, so the value at frame pixel
+    ``(r, c)`` is the bilinear sample of the map at ``((r + .5) h / H - .5, (c + .5) w / W - .5)``."""
+    t = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values, dtype=np.float32))
+    t = t.detach().float()
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = torch.nn.functional.interpolate(t[None, None], size=tuple(int(v) for v in size), mode="bilinear",
+                                            align_corners=False)[0, 0]
+    return t.cpu().numpy()
+
+
+def fit_picture(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An ``H x W x 3`` uint8 picture resized to ``size`` (bilinear, antialiased when shrinking)."""
+    h, w = size
+    if pixels.shape[:2] == (h, w):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((int(w), int(h)), Image.BILINEAR))
+
+
+def colorbar(cmap: str = "turbo", length: int = 128, *, thickness: int = 12,
+             labels: tuple[str, str] = ("0", "1"), label_width: int = 16) -> np.ndarray:
+    """A vertical colour scale: the gradient of ``cmap`` (rows ``0 .. length - 1``, columns
+    ``0 .. thickness - 1``; top row = the colormap's last entry, bottom row = its first) and the
+    ``labels`` of its low and high ends written beside the bottom and the top, black on white.
+
+    The explorer shows it beside the overlay and heatmap views (``"coolwarm"`` with labels
+    ``("-1", "+1")`` is the contrast view's scale: :func:`diverging`) and exports include it.
+    """
+    if length < 12 or thickness < 1:
+        raise ValueError(f"a colorbar needs length >= 12 and thickness >= 1, got {length}, {thickness}")
+    ramp = np.linspace(1.0, 0.0, length, dtype=np.float32)
+    bar = colormap(cmap)[(ramp * 255.0 + 0.5).astype(np.uint8)]
+    out = Image.new("RGB", (thickness + 3 + label_width, length), "white")
+    out.paste(Image.fromarray(np.ascontiguousarray(np.repeat(bar[:, None], thickness, axis=1))), (0, 0))
+    draw = ImageDraw.Draw(out)
+    low, high = labels
+    draw.text((thickness + 3, -2), high, fill="black")
+    draw.text((thickness + 3, length - 11), low, fill="black")
+    return np.asarray(out)
+
+
+def beside(left: np.ndarray, right: np.ndarray, *, pad: int = 4) -> np.ndarray:
+    """``right`` placed ``pad`` pixels to the right of ``left``, top edges ``pad`` apart from the
+    top, on white (``left`` keeps its pixels at its place)."""
+    h = max(left.shape[0], right.shape[0] + 2 * pad)
+    out = np.full((h, left.shape[1] + right.shape[1] + pad, 3), 255, np.uint8)
+    out[: left.shape[0], : left.shape[1]] = left
+    out[pad: pad + right.shape[0], left.shape[1]: left.shape[1] + right.shape[1]] = right
+    return out
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     """An ``H x W x 3`` uint8 array encoded as PNG bytes (for an image widget or a data: URL)."""
     import io

@@ -17,7 +17,9 @@ def test_explain_writes_top_classes_and_an_overlay_per_variant_and_depth(tmp_pat
     assert len(report["top5"]) == 5 and report["explained_class"] == report["top5"][0]["index"]
     names = sorted(p.name for p in tmp_path.glob("coffee_pcam*.png"))
     assert len(names) == 6 and "coffee_pcam+-_depth2_blocks.1.png" in names
-    assert Image.open(tmp_path / "coffee_pcam-_depth1_blocks.2.png").size == (64, 64)
+    # computed at 64 x 64, laid back onto the photo's own 400 x 267 frame
+    assert Image.open(tmp_path / "coffee_pcam-_depth1_blocks.2.png").size == (400, 267)
+    assert report["frame"] == [267, 400] and report["overlay_size"] == [267, 400]
     assert (tmp_path / "coffee_summary.png").is_file() and (tmp_path / "coffee.mapset.npz").is_file()
     assert not list(tmp_path.glob(".*tmp"))
     assert report["top5"][0]["name"] in capsys.readouterr().out

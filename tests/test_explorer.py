@@ -629,7 +629,8 @@ def test_export_png_matches_the_panels(explorer, tmp_path):
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
     pad = 4
-    assert pixels.shape[1] == SIZE + 2 * pad and pixels.shape[0] > SIZE + 2 * pad  # a caption under it
+    bar = frames.scale_pixels("overlay", "turbo", SIZE).shape[1]  # the colorbar, right of the panels
+    assert pixels.shape[1] == SIZE + 2 * pad + bar + pad and pixels.shape[0] > SIZE + 2 * pad  # a caption under it
     assert np.array_equal(pixels[pad:pad + SIZE, pad:pad + SIZE], explorer.canvases[0].pixels)
     assert (pixels[pad + SIZE:, pad:pad + SIZE] < 100).any()  # the caption's text
     assert "download" in explorer.export_link.value
@@ -639,7 +640,7 @@ def test_export_png_matches_the_panels(explorer, tmp_path):
     h, w = explorer.canvases[0].size
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
-    assert pixels.shape[1] == 3 * (w + pad) + pad and pixels.shape[0] > h + 2 * pad
+    assert pixels.shape[1] == 3 * (w + pad) + pad + bar + pad and pixels.shape[0] > h + 2 * pad
     for i, canvas in enumerate(explorer.canvases[:3]):
         x = pad + i * (w + pad)
         assert np.array_equal(pixels[pad:pad + h, x:x + w], canvas.pixels)

@@ -68,8 +68,8 @@ def legend_html(mode: str) -> str:
     import base64
 
     if mode == "ins-vs-del":
-        square, text = render.legend_2d(48), ("→ PCAM+ (showing keeps the class)<br>↑ PCAM- (hiding removes it)"
-                                              "<br>yellow: both agree · black: neither")
+        square, text = render.legend_2d(48), ("→ red: PCAM+ (showing keeps the class)<br>↑ green: PCAM- (hiding "
+                                              "removes it)<br>yellow: both agree · black: neither")
     elif mode == "contrast":
         square, text = render.diverging_bar(), "blue: the other class · white: equal · red: this class"
     else:
@@ -79,14 +79,45 @@ def legend_html(mode: str) -> str:
             f"<img src='data:image/png;base64,{data}'/><span>{text}</span></div>")
 
 
+SCALE_THICKNESS = 12  # the colorbar's width beside a panel, in pixels
+
+
+def scale_pixels(mode: str, cmap: str, length: int) -> np.ndarray | None:
+    """The colour scale of a view as pixels: the colorbar of ``cmap`` (0..1) for the overlay and
+    the heatmap, the diverging bar (-1..+1) for the contrast view, the two-dimensional square
+    (captioned) for ins-vs-del; None for the views without a colour scale."""
+    if mode in ("overlay", "heatmap"):
+        return render.colorbar(cmap, length, thickness=SCALE_THICKNESS)
+    if mode == "contrast":
+        return render.colorbar("coolwarm", length, thickness=SCALE_THICKNESS, labels=("-1", "+1"))
+    if mode == "ins-vs-del":
+        return render.captioned(render.legend_2d(48), ["x: PCAM+ (red)", "y: PCAM- (green)"], width=100)
+    return None
+
+
+@lru_cache(maxsize=64)
+def scale_png(mode: str, cmap: str, length: int) -> bytes:
+    """:func:`scale_pixels` as PNG bytes for the overlay, heatmap and contrast views (b'' else)."""
+    if mode not in ("overlay", "heatmap", "contrast"):
+        return b""
+    return render.png_bytes(scale_pixels(mode, cmap, length))
+
+
 def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
-          values: torch.Tensor | None = None) -> np.ndarray:
+          values: torch.Tensor | None = None, *, size: tuple[int, int] | None = None) -> np.ndarray:
     """The ``H x W x 3`` uint8 pixels of one panel (before zoom and display scaling).
 
-    A baseline panel (``panel.method``) shows ``values`` (its map in [0, 1]; the image alone while
-    they are None) in the overlay, heatmap or masked view; the two Poly-CAM-only views fall back
-    to the overlay."""
-    picture = image if image is not None else render.image_uint8(ms.image, ms.mean, ms.std)
+    ``size``: the frame drawn, ``(H, W)`` (None: the map's own size, ``ms.size``); every map is
+    resized bilinearly to it (:func:`render.resize_map`) and ``image`` must be the picture at that
+    size (None: the model's input, resized). A baseline panel (``panel.method``) shows ``values``
+    (its map in [0, 1]; the image alone while they are None) in the overlay, heatmap or masked
+    view; the two Poly-CAM-only views fall back to the overlay."""
+    size = tuple(size) if size is not None else tuple(ms.size)
+
+    def fit(m: torch.Tensor) -> torch.Tensor | np.ndarray:
+        return m if tuple(m.shape[-2:]) == size else render.resize_map(m, size)
+
+    picture = image if image is not None else render.fit_picture(render.image_uint8(ms.image, ms.mean, ms.std), size)
     mode = look.mode
     if panel.method is not None:
         if values is None:
@@ -95,13 +126,13 @@ def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
     if mode == "original":
         return picture
     if mode == "contrast":
-        tint = render.diverging(contrast_map(ms, panel))
+        tint = render.diverging(fit(contrast_map(ms, panel)))
         return render.blend(picture, tint, look.opacity)
     if mode == "ins-vs-del":
-        plus = ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm)
-        minus = ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm)
+        plus = fit(ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm))
+        minus = fit(ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm))
         return render.blend(picture, render.insertion_deletion_colors(plus, minus), look.opacity)
-    values = panel_map(ms, panel) if values is None else values
+    values = fit(panel_map(ms, panel) if values is None else values)
     if mode == "heatmap":
         return render.heatmap(values, look.cmap)
     if mode == "masked":
@@ -109,6 +140,59 @@ def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
     if mode == "overlay":
         return render.overlay(picture, values, look.cmap, look.opacity)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a panel's pixels come from: the map (``map_size``, the model's input: the zoom box
+    of the view state is in these pixels), the original photo (``frame_size``, its own aspect
+    ratio: hover reports these pixels) and the frame drawn (``work_size``: the photo's aspect
+    ratio, at least the map's and the panel's resolution; equal to ``map_size`` when the photo
+    is the map's size). Maps are resized bilinearly from ``map_size`` to ``work_size``."""
+
+    map_size: tuple[int, int]
+    frame_size: tuple[int, int]
+    work_size: tuple[int, int]
+
+    def box(self, zoom: Box | None) -> Box:
+        """The zoom box (map pixels; None: all) in pixels of the frame drawn (covering it)."""
+        (h, w), (H, W) = self.map_size, self.work_size
+        top, left, bottom, right = zoom if zoom is not None else (0, 0, h, w)
+        return top * H // h, left * W // w, -(-bottom * H // h), -(-right * W // w)
+
+    def zoom_of(self, first: tuple[int, int], last: tuple[int, int]) -> Box:
+        """The zoom box (map pixels) covering the drawn-frame pixels ``first`` .. ``last`` (inclusive)."""
+        (h, w), (H, W) = self.map_size, self.work_size
+        return first[0] * h // H, first[1] * w // W, -(-(last[0] + 1) * h // H), -(-(last[1] + 1) * w // W)
+
+    def original_pixel(self, pixel: tuple[int, int]) -> tuple[int, int]:
+        """The photo's pixel at the centre of a drawn-frame pixel."""
+        (H0, W0), (H, W) = self.frame_size, self.work_size
+        return min(int((pixel[0] + 0.5) * H0 / H), H0 - 1), min(int((pixel[1] + 0.5) * W0 / W), W0 - 1)
+
+
+def geometry(map_size: tuple[int, int], frame_size: tuple[int, int] | None, longest: int) -> Geometry:
+    """The :class:`Geometry` of a map set shown with panels of longest side ``longest``:
+    a photo of another shape than the map is drawn at its own aspect ratio, its longest side the
+    larger of the map's and ``longest``."""
+    map_size = (int(map_size[0]), int(map_size[1]))
+    frame_size = map_size if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
+    if frame_size == map_size:
+        return Geometry(map_size, frame_size, map_size)
+    return Geometry(map_size, frame_size, display_size(frame_size, max(max(map_size), int(longest))))
+
+
+def shown_map(values: torch.Tensor | np.ndarray, geo: Geometry) -> np.ndarray | torch.Tensor:
+    """The map as the frame drawn shows it (resized to ``geo.work_size``; itself when equal)."""
+    return values if tuple(values.shape[-2:]) == geo.work_size else render.resize_map(values, geo.work_size)
+
+
+def panel_pixels(ms: MapSet, panel: Panel, look: Look, picture: np.ndarray, values: torch.Tensor | None,
+                 geo: Geometry, shown: tuple[int, int]) -> np.ndarray:
+    """What a canvas of size ``shown`` shows: :func:`frame` at ``geo.work_size`` (``picture`` at
+    that size), cropped to the zoom box and scaled to ``shown`` (the main view and exports)."""
+    pixels = frame(ms, panel, look, picture, values, size=geo.work_size)
+    return zoom_and_fit(pixels, geo.box(look.zoom) if look.zoom is not None else None, shown)
 
 
 def zoom_and_fit(pixels: np.ndarray, zoom: Box | None, size: tuple[int, int]) -> np.ndarray:
@@ -140,7 +224,9 @@ def display_size(image_size: tuple[int, int], longest: int) -> tuple[int, int]:
 
 def image_pixel(ms_size: tuple[int, int], shown: tuple[int, int], zoom: Box | None, x: float, y: float
                 ) -> tuple[int, int] | None:
-    """The image pixel ``(row, col)`` under canvas position ``(x, y)``, or None outside."""
+    """The pixel ``(row, col)`` of a frame of size ``ms_size`` under canvas position ``(x, y)`` of a
+    canvas of size ``shown`` showing the box ``zoom`` of that frame (None: all of it), or None
+    outside. With a :class:`Geometry`, pass ``geo.work_size`` and ``geo.box(zoom)``."""
     top, left, bottom, right = zoom if zoom is not None else (0, 0, *ms_size)
     h, w = shown
     if not (0 <= x < w and 0 <= y < h):

@@ -45,6 +45,9 @@ class Store:
         self._lock = threading.RLock()
         self._mapsets: dict[str, MapSet] = dict(mapsets or {})
         self._images: dict[str, np.ndarray] = {}
+        self._pictures: dict[str, np.ndarray] = {}  # the original photos (longest side <= PICTURE_MAX)
+        self._frames: dict[str, tuple[int, int]] = {}  # their sizes before that cap
+        self._fitted: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
         self._results: dict[str, dict[Hashable, Any]] = {k: {} for k in RESULT_KINDS}
         self._subscribers: list[Callable[[Event], None]] = []
         self.progress: Optional[tuple] = None
@@ -91,17 +94,34 @@ class Store:
         with self._lock:
             return dict(self._mapsets)
 
-    def add_mapset(self, name: str, ms: MapSet, *, show: bool = False) -> None:
-        """Add or replace a map set; a replaced one's image and results are forgotten."""
+    def add_mapset(self, name: str, ms: MapSet, *, show: bool = False, picture: Any = None) -> None:
+        """Add or replace a map set; a replaced one's image, picture and results are forgotten.
+
+        ``picture``: the original photo the map set explains (a path, PIL image or array, as
+        :func:`polycam_explorer.load_image` reads), shown at its own aspect ratio; None: the map
+        set's ``frame`` (original ``(H, W)``) if it has one, else its input image as it is.
+        """
         if not isinstance(ms, MapSet):
             raise TypeError(f"add_mapset takes a MapSet (from pe.compute_mapset or pe.MapSet.load), "
                             f"got {type(ms).__name__}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"the name of a map set must be a non-empty str, got {name!r}")
+        decoded = decode_picture(picture) if picture is not None else None
         with self._lock:
             self._mapsets[name] = ms
             self._forget(name)
+            if decoded is not None:
+                self._pictures[name], self._frames[name] = decoded
         self._emit(Event("mapset", name=name, show=show))
+
+    def set_picture(self, name: str, picture: Any) -> None:
+        """Give the map set ``name`` its original photo (see :meth:`add_mapset`) and redraw."""
+        pixels, size = decode_picture(picture)
+        with self._lock:
+            self.mapset(name)
+            self._pictures[name], self._frames[name] = pixels, size
+            self._fitted = {k: v for k, v in self._fitted.items() if k[0] != name}
+        self._emit(Event("probed", name=name))
 
     def probed(self, name: str) -> None:
         """A running sweep of ``name`` has probed another layer."""
@@ -114,6 +134,33 @@ class Store:
                 ms = self._mapsets[name]
                 self._images[name] = render.image_uint8(ms.image, ms.mean, ms.std)
             return self._images[name]
+
+    def frame_size(self, name: str) -> tuple[int, int]:
+        """``(H, W)`` of the photo ``name`` explains: its original picture's, else the map set's
+        ``frame`` attribute if it has one, else the map's own size."""
+        with self._lock:
+            if name in self._frames:
+                return self._frames[name]
+            ms = self._mapsets[name]
+        frame = getattr(ms, "frame", None)
+        return (int(frame[0]), int(frame[1])) if frame is not None else tuple(ms.size)
+
+    def picture(self, name: str, size: tuple[int, int]) -> np.ndarray:
+        """The photo ``name`` as ``size[0] x size[1] x 3`` uint8 (the original picture resized, or
+        the input image when there is none); the last few sizes asked are kept."""
+        size = (int(size[0]), int(size[1]))
+        with self._lock:
+            if (name, size) in self._fitted:
+                return self._fitted[(name, size)]
+            source = self._pictures.get(name)
+        if source is None:
+            source = self.image(name)
+        fitted = render.fit_picture(source, size)
+        with self._lock:
+            if len(self._fitted) >= 16:
+                self._fitted.pop(next(iter(self._fitted)))
+            self._fitted[(name, size)] = fitted
+        return fitted
 
     # ----- results --------------------------------------------------------------------------
     def result(self, what: str, key: Hashable) -> Any:
@@ -134,6 +181,9 @@ class Store:
 
     def _forget(self, name: str) -> None:
         self._images.pop(name, None)
+        self._pictures.pop(name, None)
+        self._frames.pop(name, None)
+        self._fitted = {k: v for k, v in self._fitted.items() if k[0] != name}
         for what, results in self._results.items():
             self._results[what] = {k: v for k, v in results.items() if k[0] != name}
 
@@ -154,9 +204,30 @@ class Store:
                 ms.clear_cache()
             self._mapsets.clear()
             self._images.clear()
+            self._pictures.clear()
+            self._frames.clear()
+            self._fitted.clear()
             for results in self._results.values():
                 results.clear()
             self._subscribers.clear()
+
+
+PICTURE_MAX = 2048  # the longest side of an original photo kept for display
+
+
+def decode_picture(picture: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """An original photo (path, PIL image or array, read as :func:`load_image` reads them: EXIF
+    orientation, 16-bit, floats) as ``H x W x 3`` uint8, its longest side at most
+    :data:`PICTURE_MAX`, and its own ``(H, W)``."""
+    from ..images import load_image
+
+    x = load_image(picture, None, size=0)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    pixels = render.image_uint8(x, (0.5,) * 3, (0.5,) * 3)
+    if max(size) > PICTURE_MAX:
+        scale = PICTURE_MAX / max(size)
+        pixels = render.fit_picture(pixels, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+    return pixels, size
 
 
 def named_mapsets(mapsets: MapSets) -> dict[str, MapSet]:

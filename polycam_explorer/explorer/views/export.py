@@ -89,21 +89,26 @@ class ExportView:
         return f"{safe}_class{panel.class_idx}_{variant}_depth{panel.depth}"
 
     def tiles(self) -> list[np.ndarray]:
-        """The pixels of the panels on screen, at screen size, as the main view draws them."""
+        """The pixels of the panels on screen, at screen size, as the main view draws them (the
+        photo's aspect ratio, the map resized onto its frame)."""
         name = self.state.image
         ms = self.store.mapset(name)
         panels, how = panels_for(self.state, ms), look(self.state)
-        size = panel_display_size(ms.size, self.state.zoom, len(panels), self.size)
+        geo = frames.geometry(ms.size, self.store.frame_size(name), self.size)
+        zoom = geo.box(how.zoom) if how.zoom is not None else None
+        size = panel_display_size(geo.work_size, zoom, len(panels), self.size)
+        picture = self.store.picture(name, geo.work_size)
         out = []
         for panel in panels:
             values = None if panel.method is None else self.jobs.baseline(name, panel.class_idx, panel.method)
-            out.append(frames.zoom_and_fit(frames.frame(ms, panel, how, self.store.image(name), values),
-                                           how.zoom, size))
+            out.append(frames.panel_pixels(ms, panel, how, picture, values, geo, size))
         return out
 
     def png(self) -> Path:
         """All panels on screen side by side, at screen size, each with its caption (variant,
-        class, depth and layer); a single panel's frame sits at the top left."""
+        class, depth and layer), and the view's colour scale on the right (the colorbar of the
+        overlay and heatmap, the contrast's bar, the ins-vs-del square); a single panel's frame
+        sits at the top left."""
         if not self.store.get(self.state.image):
             raise ValueError("nothing is drawn yet: there is no view to export")
         ms = self.store.mapset(self.state.image)
@@ -111,9 +116,13 @@ class ExportView:
         panels = panels_for(self.state, ms)
         texts = [caption_lines(ms, p, against) for p in panels]
         depth = max(len(t) for t in texts)
+        shown = self.tiles()
         tiles = [render.captioned(t, lines + [""] * (depth - len(lines)), width=t.shape[1] + 0)
-                 for t, lines in zip(self.tiles(), texts)]
+                 for t, lines in zip(shown, texts)]
         pixels = render.grid([tiles])
+        scale = frames.scale_pixels(self.state.mode, self.state.cmap, max(12, shown[0].shape[0]))
+        if scale is not None:
+            pixels = render.beside(pixels, scale)
         path = unique_path(self.export_dir, self._stem(), ".png")
         render.save_png(pixels, path)
         self.link.value = download_link(path, "image/png")
@@ -133,6 +142,7 @@ class ExportView:
             arrays[f"panel{i}_saliency"] = values.detach().float().cpu().numpy().astype(np.float32)
             arrays[f"panel{i}_description"] = np.array(repr(asdict(panel)))
         arrays["image"] = np.array(name)
+        arrays["frame_size"] = np.array(self.store.frame_size(name))  # the photo's (H, W): maps resize onto it
         arrays["class_names"] = np.array([ms.class_names[p.class_idx] for p in panels])
         path = unique_path(self.export_dir, self._stem(), ".maps.npz")
         with atomic_write(path) as f:

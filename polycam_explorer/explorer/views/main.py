@@ -1,5 +1,10 @@
-"""The main view: one canvas per panel with its caption, hover readout, drag-to-zoom, the legend
-of the two-colour views and the status line."""
+"""The main view: one canvas per panel with its caption, hover readout, drag-to-zoom, the colour
+scale beside the panels (``scale``), the legend of the two-colour views and the status line.
+
+Photos keep their aspect ratio: each panel draws the map resized bilinearly onto the photo's frame
+(:class:`frames.Geometry`); the zoom box stays in map pixels, hover reports the photo's pixels.
+The colour scale and the legend keep their place in every view (hidden, never removed), so the
+layout does not move when the view changes."""
 from __future__ import annotations
 
 import functools
@@ -22,7 +27,8 @@ DRAWN_BY = ("image", "klass", "other_class", "variant", "depth", "lnorm", "mode"
 
 
 class MainView:
-    """The panels side by side (``panels_box``), ``hover``, ``legend``, ``status`` and ``reset_zoom``.
+    """The panels side by side (``panels_box``; the last one carries ``scale``, the colorbar),
+    ``hover``, ``legend``, ``status`` and ``reset_zoom``.
 
     Args:
         size: the longest side of a single panel on screen, in pixels.
@@ -35,7 +41,11 @@ class MainView:
         self.panels_box = W.HBox()
         self.hover = W.HTML("&nbsp;")
         self.status = W.HTML()
-        self.legend = W.HTML(layout=W.Layout(display="none"))
+        # fixed sizes, hidden rather than removed: changing the view never moves the layout
+        self.legend = W.HTML(layout=W.Layout(visibility="hidden", height="56px", width="330px", overflow="hidden"))
+        self.scale = W.Image(format="png", layout=W.Layout(visibility="hidden", width="0px", height="0px",
+                                                           margin="0 0 0 4px"))
+        self._scale_key: tuple = ()
         self.reset_zoom = W.Button(description="reset zoom", disabled=True)
         self.reset_zoom.on_click(lambda _: self.set_zoom(None))
         state.observe(lambda _: self.request(), names=list(DRAWN_BY))
@@ -67,7 +77,7 @@ class MainView:
         """Draw every panel from the state (one frame per panel)."""
         mode = self.state.mode
         self.legend.value = frames.legend_html(mode)
-        self.legend.layout.display = None if self.legend.value else "none"
+        self.legend.layout.visibility = "visible" if self.legend.value else "hidden"
         ms = self.store.get(self.state.image)
         if ms is None:
             self.status.value = "<i>waiting for the first map set…</i>"
@@ -75,13 +85,14 @@ class MainView:
         if ms.depth_available == 0:
             self.status.value = "<i>probing the coarsest layer…</i>"
             return
-        panels = panels_for(self.state, ms)
-        self._ensure_canvases(len(panels), ms.size)
-        how, image, name = look(self.state), self.store.image(self.state.image), self.state.image
+        panels, name = panels_for(self.state, ms), self.state.image
+        geo = self.geometry()
+        self._ensure_canvases(len(panels), geo)
+        self._draw_scale(mode)
+        how, picture = look(self.state), self.store.picture(name, geo.work_size)
         for canvas, label, panel in zip(self.canvases, self.captions, panels):
             values = None if panel.method is None else self.jobs.baseline(name, panel.class_idx, panel.method)
-            pixels = frames.frame(ms, panel, how, image, values)
-            canvas.draw(frames.zoom_and_fit(pixels, how.zoom, canvas.size))
+            canvas.draw(frames.panel_pixels(ms, panel, how, picture, values, geo, canvas.size))
             text = caption(ms, panel, against=self.state.other_class if mode == "contrast" else None,
                            computing=panel.method is not None and values is None)
             label.value = f"<span style='font-size:90%'>{text}</span>"
@@ -89,8 +100,30 @@ class MainView:
         self.status.value = ("" if ms.complete else
                              f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
 
-    def _ensure_canvases(self, n: int, image_size: tuple[int, int]) -> None:
-        size = panel_display_size(image_size, self.state.zoom, n, self.size)
+    def geometry(self) -> frames.Geometry:
+        """The map, photo and drawn-frame sizes of the image on screen."""
+        name = self.state.image
+        return frames.geometry(self.store.mapset(name).size, self.store.frame_size(name), self.size)
+
+    def _draw_scale(self, mode: str) -> None:
+        """The colorbar beside the last panel: as tall as the canvases, hidden in the views
+        without one (its space kept)."""
+        length = max(12, self.canvases[0].size[0]) if self.canvases else 12
+        key = (mode, self.state.cmap, length)
+        if key == self._scale_key:
+            return
+        self._scale_key = key
+        data = frames.scale_png(mode, self.state.cmap, length)
+        width = frames.SCALE_THICKNESS + 3 + 16
+        self.scale.layout.width, self.scale.layout.height = f"{width}px", f"{length}px"
+        self.scale.layout.min_width = f"{width}px"
+        if data:
+            self.scale.value = data
+        self.scale.layout.visibility = "visible" if data else "hidden"
+
+    def _ensure_canvases(self, n: int, geo: frames.Geometry) -> None:
+        zoom = geo.box(self.state.zoom) if self.state.zoom is not None else None
+        size = panel_display_size(geo.work_size, zoom, n, self.size)
         while len(self.canvases) < n:
             i = len(self.canvases)
             self.canvases.append(FrameCanvas(size, on_hover=functools.partial(self.hover_at, i),
@@ -99,8 +132,10 @@ class MainView:
         for c in self.canvases[:n]:
             c.resize(size)
         if len(self.panels_box.children) != n:
-            self.panels_box.children = tuple(W.VBox([c.canvas, t]) for c, t in zip(self.canvases[:n],
-                                                                                   self.captions[:n]))
+            boxes = [W.VBox([c.canvas, t]) for c, t in zip(self.canvases[:n], self.captions[:n])]
+            last = self.canvases[n - 1]
+            boxes[-1] = W.VBox([W.HBox([last.canvas, self.scale]), self.captions[n - 1]])
+            self.panels_box.children = tuple(boxes)
 
     # ----- pointer ------------------------------------------------------------------------------
     def hover_at(self, index: int, x: float, y: float) -> None:
@@ -108,26 +143,33 @@ class MainView:
         try:
             ms = self.store.mapset(self.state.image)
             panel = panels_for(self.state, ms)[index]
-            pixel = frames.image_pixel(ms.size, self.canvases[index].size, self.state.zoom, x, y)
-            if pixel is None:
+            found = self.pixel_at(index, x, y)
+            if found is None:
                 return
+            pixel, photo = found
             values = (frames.panel_map(ms, panel) if panel.method is None else
                       self.jobs.baseline(self.state.image, panel.class_idx, panel.method))
             if values is None:
                 return
-            value = float(values[pixel])
-            self.hover.value = f"pixel (row {pixel[0]}, col {pixel[1]}): saliency {value:.3f}"
+            value = float(frames.shown_map(values, self.geometry())[pixel])
+            self.hover.value = f"pixel (row {photo[0]}, col {photo[1]}): saliency {value:.3f}"
         except Exception as exc:  # noqa: BLE001
             self.show_error(exc)
 
+    def pixel_at(self, index: int, x: float, y: float) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
+        """Under canvas position ``(x, y)`` of panel ``index``: the pixel of the frame drawn and the
+        photo's pixel ``(row, col)``; None outside the canvas."""
+        geo = self.geometry()
+        zoom = geo.box(self.state.zoom) if self.state.zoom is not None else None
+        pixel = frames.image_pixel(geo.work_size, self.canvases[index].size, zoom, x, y)
+        return None if pixel is None else (pixel, geo.original_pixel(pixel))
+
     def drag(self, index: int, x0: float, y0: float, x1: float, y1: float) -> None:
-        """Zoom to the region dragged on panel ``index``."""
-        ms = self.store.mapset(self.state.image)
-        shown = self.canvases[index].size
-        a = frames.image_pixel(ms.size, shown, self.state.zoom, min(x0, x1), min(y0, y1))
-        b = frames.image_pixel(ms.size, shown, self.state.zoom, max(x0, x1) - 1, max(y0, y1) - 1)
+        """Zoom to the region dragged on panel ``index`` (the zoom box is kept in map pixels)."""
+        a = self.pixel_at(index, min(x0, x1), min(y0, y1))
+        b = self.pixel_at(index, max(x0, x1) - 1, max(y0, y1) - 1)
         if a is not None and b is not None:
-            self.set_zoom((a[0], a[1], b[0] + 1, b[1] + 1))
+            self.set_zoom(self.geometry().zoom_of(a[0], b[0]))
 
     def set_zoom(self, box: Optional[frames.Box]) -> None:
         """Magnify a region ``(top, left, bottom, right)`` of the image in every panel; None resets.
@@ -152,5 +194,5 @@ class MainView:
                              f"{html.escape(str(exc))}{loc}</span>")
 
     def close(self) -> None:
-        for widget in [c.canvas for c in self.canvases] + self.captions:
+        for widget in [c.canvas for c in self.canvases] + self.captions + [self.scale]:
             widget.close()
