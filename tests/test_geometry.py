@@ -193,3 +193,14 @@ def test_exports_carry_the_colorbar(explorer):
     explorer.state.mode = "original"
     with Image.open(explorer.export_png()) as im:
         assert im.size[0] == 4 + w + 4  # no colour scale for the photo alone
+
+
+def test_explore_shows_photos_at_their_own_aspect_ratio(tiny_model, tmp_path) -> None:
+    """pe.explore hands each photo to the store: a 48 x 32 picture is drawn 3:2, not square."""
+    picture = (np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)
+    ex = pe.explore(picture, model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=96)
+    try:
+        h, w = ex.canvases[0].pixels.shape[:2]
+        assert abs(w / h - 48 / 32) < 0.05, (h, w)
+    finally:
+        ex.close()

@@ -105,7 +105,7 @@ class SweepRunner:
         x = load_image(image, self.model, size=self.size)
         ms = cache.cached(self.model, self.layers, x, self.cache_dir, self.device)
         if ms is not None:
-            self.store.add_mapset(name, ms, show=show)
+            self.store.add_mapset(name, ms, show=show, picture=image)
             return
         self.store.set_progress((name, 0, 1))
         first = True
@@ -115,7 +115,7 @@ class SweepRunner:
             # progressive: the first yields are labelled estimates of depth 1 (ms.estimate), within
             # seconds; each later yield (estimate or layer) redraws
             if first:
-                self.store.add_mapset(name, ms, show=show)
+                self.store.add_mapset(name, ms, show=show, picture=image)
                 first = False
             else:
                 self.store.probed(name)
