@@ -126,7 +126,7 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
     the cache key does not depend on it."""
     from .backends import check_backend
     from .mapset import compute_mapset
-    from .images import load_image
+    from .images import image_frame, load_image
     from .models import as_classifier, load_model
 
     check_backend(backend)  # a bad name is refused before any work
@@ -138,6 +138,7 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
         run_device = torch.device(device) if device is not None else module_device(model)
         ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
                             device=device, progress=progress, backend=backend)
+        ms.frame = image_frame(image)  # the photo's own (H, W): maps are drawn back onto it
         if can_write:
             store(ms, model, layers, x, cache_dir)
     return ms

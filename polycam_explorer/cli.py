@@ -79,6 +79,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
         c = ms.topk(1)[0][0]
     stem = Path(image).stem
     original = render.image_uint8(load_image(image, size=0), (0.5,) * 3, (0.5,) * 3)  # the photo, as read
+    ms.frame = original.shape[:2]  # saved with the map set: its maps are drawn back onto the photo
     frame = _fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
     thumb = _fitted_size(original.shape[:2], max(ms.size))
     picture, small = render.fit_picture(original, frame), render.fit_picture(original, thumb)

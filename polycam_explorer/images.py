@@ -55,6 +55,12 @@ def load_image(image: ImageLike, model: nn.Module | None = None, *,
     return x[None].contiguous()
 
 
+def image_frame(image: ImageLike) -> tuple[int, int]:
+    """``(H, W)`` of ``image`` as a viewer shows it (EXIF orientation applied): the frame that maps
+    computed on its resized copy are drawn back onto (``MapSet.frame``)."""
+    return tuple(int(v) for v in _pixels(image, 3).shape[-2:])
+
+
 _SIZE_ACCEPTED = ("None (the model's input size), 0 (the image's own size), an int >= 8 (a square) "
                   "or a pair (H, W) of ints >= 8")
 

@@ -42,7 +42,8 @@ class MapSet:
     def __init__(self, *, image: torch.Tensor, layers: Sequence[str], activations: Sequence[torch.Tensor],
                  s0: torch.Tensor, class_names: Sequence[str] | None = None,
                  model_name: str = "model", model_id: str = "", mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), stats: dict | None = None) -> None:
+                 std: Sequence[float] = (0.5, 0.5, 0.5), stats: dict | None = None,
+                 frame: tuple[int, int] | None = None) -> None:
         self.image = image
         self.layers = list(layers)
         self.activations = list(activations)
@@ -55,6 +56,9 @@ class MapSet:
         self.model_id = model_id
         self.mean, self.std = tuple(mean), tuple(std)
         self.stats = dict(stats or {})
+        # (H, W) of the photo the model's input was resized from, when known: views draw the maps
+        # back onto that frame (its aspect ratio); None: the input itself is the frame
+        self.frame = None if frame is None else (int(frame[0]), int(frame[1]))
         self._plus: list[torch.Tensor | None] = [None] * len(self.layers)
         self._minus: list[torch.Tensor | None] = [None] * len(self.layers)
         self._cache: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()

@@ -79,7 +79,7 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
     header = {
         "format": FORMAT, "version": VERSION, "layers": ms.layers, "class_names": ms.class_names,
         "model_name": ms.model_name, "model_id": ms.model_id, "mean": list(ms.mean), "std": list(ms.std),
-        "probed": ms.probed, "stats": ms.stats,
+        "probed": ms.probed, "stats": ms.stats, "frame": list(ms.frame) if ms.frame is not None else None,
         "dtype": "float16" if fp16 else "float32",
     }
     try:  # never write a file that loading would refuse
@@ -383,6 +383,10 @@ def _check_header(h: dict) -> None:
         _need(_is_scalar(value) or (isinstance(value, list) and all(_is_scalar(v) for v in value)),
               f"header 'stats' entry {key!r} must be a number, string or flat list, got {_short(value)}")
     _need(h["dtype"] in ("float16", "float32"), f"header 'dtype' must be 'float16' or 'float32', got {_short(h['dtype'])}")
+    frame = h.get("frame")  # optional: files written before it load without one
+    _need(frame is None or (isinstance(frame, list) and len(frame) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in frame)),
+          f"header 'frame' must be null or [H, W] positive ints, got {_short(frame)}")
 
 
 def _check_image(shape: tuple, channels: int) -> None:
@@ -427,7 +431,8 @@ def _build(h: dict, arrays: dict, version: int) -> Stored:
     stored = Stored(fields=dict(image=torch.from_numpy(image), layers=h["layers"],
                                 activations=[torch.from_numpy(a) for a in acts], s0=torch.from_numpy(s0),
                                 class_names=h["class_names"], model_name=h["model_name"],
-                                model_id=h["model_id"], mean=h["mean"], std=h["std"], stats=h["stats"]),
+                                model_id=h["model_id"], mean=h["mean"], std=h["std"], stats=h["stats"],
+                                frame=tuple(h["frame"]) if h.get("frame") else None),
                     scores=[None] * len(h["layers"]))
     for i, probed in enumerate(h["probed"]):
         if not probed:

@@ -50,7 +50,12 @@ def test_explore_sweeps_every_image_and_caches_it(tiny_model, tmp_path, opened):
     ms = ex.mapsets["image 1"]
     top = ms.topk(1)[0][0]
     assert ex.klass.value == top
-    assert np.array_equal(ex.canvases[0].pixels, shown(ms, Panel(top, "+-", 3, True)))
+    # the photo (24 x 20) at its own aspect ratio, the map drawn back onto it
+    geo = frames.geometry(ms.size, ex.store.frame_size("image 1"), SIZE)
+    expected = frames.panel_pixels(ms, Panel(top, "+-", 3, True), Look(), ex.store.picture("image 1", geo.work_size),
+                                   None, geo, tuple(ex.canvases[0].size))
+    assert ex.canvases[0].pixels.shape[:2] == (53, 64)
+    assert np.array_equal(ex.canvases[0].pixels, expected)
     assert ex.status.value == ""  # the "probing…" note is gone
     assert ex.progress.layout.display == "none" and ex.stop_button.layout.display == "none"
     files = sorted(tmp_path.glob("*.mapset.npz"))

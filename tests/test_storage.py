@@ -707,3 +707,23 @@ def test_load_refuses_a_classifier_with_other_preprocessing(tmp_path, tiny_model
     other = pe.Classifier(tiny_model.net, name="tiny", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     with pytest.raises(ValueError, match="normalisation mean="):
         pe.MapSet.load(path, model=other)
+
+
+def test_the_photo_frame_is_saved_and_older_files_have_none(tmp_path, tiny_model, tiny_x) -> None:
+    ms = pe.compute_mapset(tiny_model, tiny_x, progress=False)
+    assert ms.frame is None
+    ms.frame = (266, 400)
+    for fp16 in (False, True):
+        path = tmp_path / f"f{fp16}.mapset.npz"
+        ms.save(path, fp16=fp16)
+        assert pe.MapSet.load(path).frame == (266, 400)
+    ms.frame = None
+    ms.save(tmp_path / "none.mapset.npz")
+    assert pe.MapSet.load(tmp_path / "none.mapset.npz").frame is None
+
+
+def test_mapset_for_records_the_photos_frame(tmp_path, tiny_model) -> None:
+    picture = (np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8)
+    first = pe.mapset_for(picture, tiny_model, cache_dir=tmp_path, progress=False)
+    again = pe.mapset_for(picture, tiny_model, cache_dir=tmp_path, progress=False)  # from the cache
+    assert first.frame == again.frame == (30, 50)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .. import backends, cache
-from ..images import ImageLike, load_image
+from ..images import ImageLike, image_frame, load_image
 from ..layers import module_device
 from ..mapset import iter_mapset
 from ..models import as_classifier, load_model
@@ -115,6 +115,7 @@ class SweepRunner:
             # progressive: the first yields are labelled estimates of depth 1 (ms.estimate), within
             # seconds; each later yield (estimate or layer) redraws
             if first:
+                ms.frame = image_frame(image)  # kept in the cache: the photo's own (H, W)
                 self.store.add_mapset(name, ms, show=show, picture=image)
                 first = False
             else:
