@@ -189,6 +189,8 @@ class Explorer(W.VBox):
     def attach_runner(self, runner) -> None:
         """Let the app explain new images (upload control) with ``runner`` (see ``explore``)."""
         self.jobs.runner = runner
+        runner.priority = self.jobs.priority  # curves, baselines, sanity: ahead of other images' sweeps
+        runner.on_screen = lambda: self.state.image  # the image on screen is swept first
         self.controls.upload.layout.display = None
 
     def add_mapset(self, name: str, ms: MapSet, *, show: bool = False) -> None:

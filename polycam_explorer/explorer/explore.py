@@ -3,11 +3,10 @@ appear as soon as their layers are probed, finished map sets are cached on disk.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from ..images import ImageLike, image_frame, load_image
 from ..layers import module_device
 from ..mapset import iter_mapset
 from ..models import as_classifier, load_model
+from ..scheduler import Priority
 from .app import Explorer
 from .store import Store
 from .uploads import upload_to_image
@@ -51,8 +51,12 @@ class SweepRunner:
         self.layers, self.device, self.size, self.cache_dir = layers, device, size, cache_dir
         run_device = torch.device(device) if device is not None else module_device(self.model)
         self.batch_size = batch_size or cache.default_batch_size(run_device)
-        self.queue: queue.Queue[tuple[str, ImageLike, bool]] = queue.Queue()
+        self.queue: list[tuple[str, ImageLike, bool]] = []  # under _lock
         self.stop = threading.Event()
+        # set by Explorer.attach_runner: foreground work (curves, baselines, the sanity check)
+        # pauses the sweeps of images not on screen, and the image on screen is swept first
+        self.priority = Priority()
+        self.on_screen: Callable[[], Optional[str]] = lambda: None
         self.thread: Optional[threading.Thread] = None  # the worker; None once it has finished
         # the worker decides to finish and submit decides to start one under this lock, so an
         # image submitted just as the worker finds the queue empty is never left in the queue
@@ -67,13 +71,12 @@ class SweepRunner:
         """Stop the running sweep and drop the queued images."""
         with self._lock:
             self.stop.set()
-            while not self.queue.empty():
-                self.queue.get_nowait()
+            self.queue.clear()
 
     def submit(self, name: str, image: ImageLike, *, show: bool = False) -> None:
         """Queue an image; ``show`` puts it on screen as soon as its first depth is ready."""
         with self._lock:
-            self.queue.put((name, image, show))
+            self.queue.append((name, image, show))
             if self.thread is None or not self.thread.is_alive():  # (not alive: it died of an error)
                 self.stop.clear()
                 self.thread = threading.Thread(target=self._work, daemon=True)
@@ -89,17 +92,29 @@ class SweepRunner:
 
     def _work(self) -> None:
         while True:
-            if self.stop.is_set() or self.queue.empty():
+            if self.stop.is_set() or not self.queue:
                 self.store.set_progress(None)
             with self._lock:
-                if self.stop.is_set() or self.queue.empty():
+                if self.stop.is_set() or not self.queue:
                     self.thread = None
                     return
-                name, image, show = self.queue.get_nowait()
+                name, image, show = self.queue.pop(self._next_index())
             try:
                 self._run(name, image, show)
             except Exception as exc:  # noqa: BLE001 - shown in the widget
                 self.store.report_error(exc)
+
+    def _next_index(self) -> int:
+        """The image on screen first (the user switched to it while it was queued), else in order."""
+        current = self.on_screen()
+        return next((i for i, item in enumerate(self.queue) if item[0] == current or item[2]), 0)
+
+    def _stopped(self, name: str) -> bool:
+        """The sweep's cancel flag, asked between batches: a sweep of an image not on screen waits
+        here while foreground work runs."""
+        if name != self.on_screen():
+            self.priority.wait_for_foreground(self.stop)
+        return self.stop.is_set()
 
     def _run(self, name: str, image: ImageLike, show: bool) -> None:
         x = load_image(image, self.model, size=self.size)
@@ -111,7 +126,7 @@ class SweepRunner:
         first = True
         for ms in iter_mapset(self.model, x, self.layers, batch_size=self.batch_size, device=self.device,
                               progress=lambda done, total: self.store.set_progress((name, done, total)),
-                              cancel=self.stop, backend=self.backend, progressive=True):
+                              cancel=lambda: self._stopped(name), backend=self.backend, progressive=True):
             # progressive: the first yields are labelled estimates of depth 1 (ms.estimate), within
             # seconds; each later yield (estimate or layer) redraws
             if first:

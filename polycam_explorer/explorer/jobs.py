@@ -21,6 +21,7 @@ import ipywidgets as W
 import torch
 import traitlets as T
 
+from ..scheduler import Priority
 from .panels import main_panel
 from .store import Event, Store
 
@@ -46,9 +47,10 @@ class Job(T.HasTraits):
     total = T.Int(1)
     message = T.Unicode("")
 
-    def __init__(self) -> None:
+    def __init__(self, priority: Optional[Priority] = None) -> None:
         super().__init__()
         self.stop = threading.Event()
+        self.priority = priority or Priority()
         self._thread: Optional[threading.Thread] = None
 
     def start(self, work: Callable[[], None], *, block: bool = False) -> None:
@@ -59,7 +61,8 @@ class Job(T.HasTraits):
 
         def run() -> None:
             try:
-                work()
+                with self.priority.foreground():  # background sweeps pause meanwhile
+                    work()
             finally:
                 self.running = False
 
@@ -162,14 +165,15 @@ class Jobs:
     def __init__(self, store: Store, model: Optional[torch.nn.Module] = None) -> None:
         self.store, self.model = store, model
         self.draws = Draws(on_error=store.report_error)
+        self.priority = Priority()  # curves, baselines and the sanity check hold background sweeps back
         self.runner = None  # a SweepRunner, once attached
         self._lock = threading.Lock()
         self._baselines: set[tuple] = set()
         self._jobs: list[Job] = []
 
     def job(self) -> Job:
-        """A new :class:`Job`, cancelled by :meth:`cancel`."""
-        job = Job()
+        """A new :class:`Job` (foreground work), cancelled by :meth:`cancel`."""
+        job = Job(self.priority)
         self._jobs.append(job)
         return job
 
@@ -187,11 +191,15 @@ class Jobs:
         threading.Thread(target=self._compute_baseline, args=(key, self.store.mapset(name)), daemon=True).start()
         return None
 
+    def _compute_baseline(self, key: tuple, ms) -> None:
+        with self.priority.foreground():  # a baseline beside the map does not wait behind sweeps
+            self._baseline_values(key, ms)
+
     def baseline_running(self, name: str, class_idx: int, method: str) -> bool:
         with self._lock:
             return (name, class_idx, method) in self._baselines
 
-    def _compute_baseline(self, key: tuple, ms) -> None:
+    def _baseline_values(self, key: tuple, ms) -> None:
         from .. import baselines
         from ..polycam import display_map
 

@@ -1,0 +1,43 @@
+"""What the user looks at comes first: foreground work (the faithfulness curves, a baseline, the
+sanity check, the sweep of the image on screen) holds background sweeps of other images back
+between their probe batches, and they resume where they stopped once it is done."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, Optional
+
+
+class Priority:
+    """A count of the foreground computations running; background work waits while it is > 0.
+
+    Background work calls :meth:`wait_for_foreground` between batches (a sweep does through its
+    ``cancel`` flag), so pausing costs nothing but the batch in flight.
+    """
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._changed = threading.Condition()
+
+    @property
+    def foreground_running(self) -> int:
+        with self._changed:
+            return self._running
+
+    @contextlib.contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Mark a block as foreground work: background work pauses until it ends."""
+        with self._changed:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    def wait_for_foreground(self, stop: Optional[threading.Event] = None) -> None:
+        """Block while foreground work runs (returns at once when none does, or once ``stop`` is set)."""
+        with self._changed:
+            while self._running and not (stop is not None and stop.is_set()):
+                self._changed.wait(0.2)

@@ -1,0 +1,90 @@
+"""What the user looks at comes first (issue 10 §2, issue 11 item 3): foreground work holds back
+the sweeps of images not on screen, and the image on screen is swept first. Real threads."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+import polycam_explorer as pe
+from polycam_explorer.scheduler import Priority
+
+
+def test_background_work_waits_while_foreground_work_runs() -> None:
+    priority = Priority()
+    order = []
+    inside, release = threading.Event(), threading.Event()
+
+    def foreground() -> None:
+        with priority.foreground():
+            inside.set()
+            release.wait(10)
+            order.append("foreground done")
+
+    def background() -> None:
+        priority.wait_for_foreground()
+        order.append("background went on")
+
+    threading.Thread(target=foreground).start()
+    assert inside.wait(10)
+    waiting = threading.Thread(target=background)
+    waiting.start()
+    time.sleep(0.5)
+    assert order == [] and waiting.is_alive()  # held back
+    release.set()
+    waiting.join(10)
+    assert order == ["foreground done", "background went on"]
+
+
+def test_a_stop_releases_a_waiting_background_sweep() -> None:
+    priority, stop = Priority(), threading.Event()
+    with priority.foreground():
+        t = threading.Thread(target=priority.wait_for_foreground, args=(stop,))
+        t.start()
+        stop.set()
+        t.join(5)
+        assert not t.is_alive()
+
+
+def _pictures(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    return [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_sweeps_of_images_not_on_screen_pause_for_the_explorers_jobs(tiny_model, tmp_path) -> None:
+    ex = pe.explore(_pictures(1), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=64)
+    try:
+        runner = ex.runner
+        assert runner.priority is ex.jobs.priority and runner.on_screen() == "image 1"
+        job = ex.jobs.job()
+        started, release = threading.Event(), threading.Event()
+        job.start(lambda: (started.set(), release.wait(20)))  # e.g. the faithfulness curves
+        assert started.wait(10)
+        runner.submit("other", _pictures(2)[1])  # not on screen: its sweep must wait
+        time.sleep(1.5)
+        assert "other" not in ex.mapsets or not ex.mapsets["other"].complete
+        release.set()
+        runner.wait(60)
+        assert ex.mapsets["other"].complete
+    finally:
+        ex.close()
+
+
+def test_the_image_on_screen_is_swept_before_the_queue(tiny_model, tmp_path) -> None:
+    ex = pe.explore(_pictures(1), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=64)
+    try:
+        runner, done = ex.runner, []
+        real = runner._run
+        runner._run = lambda name, image, show: (done.append(name), real(name, image, show))
+        runner.stop.set()  # hold the worker while the queue fills
+        pictures = _pictures(4)
+        with runner._lock:
+            runner.queue += [("a", pictures[1], False), ("b", pictures[2], False), ("c", pictures[3], False)]
+        runner.on_screen = lambda: "c"  # the user switched to c, still queued
+        runner.stop.clear()
+        runner.submit("d", pictures[0])
+        runner.wait(60)
+        assert done[0] == "c" and sorted(done) == ["a", "b", "c", "d"]
+    finally:
+        ex.close()
