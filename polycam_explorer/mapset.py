@@ -350,7 +350,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
                 yield ms
                 continue
             _warn_if_not_finite(scores, layers[index], clf.name)
-            if runner.precision != "fp32":  # bf16 or fp16: measure the agreement
+            if runner.precision in ("bf16", "fp16"):  # reduced precision: measure the agreement
                 _check_precision(ms, net, x, index, plans[index], scores, batch_size)
             ms.set_scores(index, scores)
             ms.stats.update(counts, batch_size=batch_size)
