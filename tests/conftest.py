@@ -55,3 +55,9 @@ def sample() -> callable:
     def path(name: str) -> Path:
         return DATA / f"{name}.jpg"
     return path
+
+
+@pytest.fixture
+def ms(tiny_model, tiny_x) -> pe.MapSet:
+    """The tiny model's map set of ``tiny_x`` (a fresh sweep per test)."""
+    return pe.compute_mapset(tiny_model, tiny_x, progress=False)

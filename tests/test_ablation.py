@@ -13,11 +13,6 @@ N_STEPS = 32  # 8 pixels per step on 16 x 16
 
 
 @pytest.fixture
-def ms(tiny_model, tiny_x):
-    return pe.compute_mapset(tiny_model, tiny_x, progress=False)
-
-
-@pytest.fixture
 def rows(tiny_model, tiny_x, ms):
     return ablation_rows(tiny_model, tiny_x, 1, n_steps=N_STEPS, mapset=ms)
 

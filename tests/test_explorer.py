@@ -22,11 +22,6 @@ TOP = 3  # the tiny model's top-1 class on tiny_x (then 1, 0, 4, 2)
 
 
 @pytest.fixture
-def ms(tiny_model, tiny_x):
-    return pe.compute_mapset(tiny_model, tiny_x, progress=False)
-
-
-@pytest.fixture
 def other_ms(tiny_x):
     """A map set whose top-1 class differs (another seed of the tiny network): class 1."""
     model = pe.Classifier(TinyNet(seed=2).eval(), name="tiny2", mean=(0.5,) * 3, std=(0.5,) * 3,

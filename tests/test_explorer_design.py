@@ -109,11 +109,6 @@ def test_the_engine_does_not_import_widgets():
 
 # ----- the state -------------------------------------------------------------------------------
 @pytest.fixture
-def ms(tiny_model, tiny_x):
-    return pe.compute_mapset(tiny_model, tiny_x, progress=False)
-
-
-@pytest.fixture
 def explorer(ms, tmp_path):
     ex = pe.Explorer(ms, size=SIZE, export_dir=tmp_path)
     yield ex

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import polycam_explorer as pe
 from polycam_explorer import render
 from polycam_explorer.explorer import panels
 from polycam_explorer.explorer.frames import Panel
@@ -10,11 +9,6 @@ from polycam_explorer.explorer.jobs import Jobs
 from polycam_explorer.explorer.state import ViewState
 from polycam_explorer.explorer.store import Store
 from polycam_explorer.explorer.views.recursion import STRIP_PAD, STRIP_TILE, RecursionView
-
-
-@pytest.fixture
-def ms(tiny_model, tiny_x):
-    return pe.compute_mapset(tiny_model, tiny_x, progress=False)
 
 
 def test_arrange_puts_the_baseline_last_and_clamps_depths():

@@ -20,11 +20,6 @@ TOP = 3  # the tiny model's top-1 class on tiny_x
 
 
 @pytest.fixture
-def ms(tiny_model, tiny_x):
-    return pe.compute_mapset(tiny_model, tiny_x, progress=False)
-
-
-@pytest.fixture
 def ex(ms, tiny_model):
     explorer = pe.Explorer(ms, model=tiny_model, size=SIZE)
     yield explorer

@@ -4,15 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import polycam_explorer as pe
 from polycam_explorer import polycam, render
 from polycam_explorer.explorer import frames
 from polycam_explorer.explorer.frames import Look, Panel
-
-
-@pytest.fixture
-def ms(tiny_model, tiny_x):
-    return pe.compute_mapset(tiny_model, tiny_x, progress=False)
 
 
 def _picture(x: torch.Tensor) -> np.ndarray:
