@@ -18,7 +18,7 @@ from ..mapset import MapSet
 from ..polycam import canonical_variant
 from . import build as _build
 from . import store
-from .store import INSDEL_COLUMN, ROW_COLUMNS, VARIANTS, transaction
+from .store import INSDEL_COLUMN, ROW_COLUMNS, transaction
 
 SORTABLE = tuple(name for name, _ in ROW_COLUMNS if name not in ("top5", "sha256"))
 
