@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import polycam_explorer as pe
 
@@ -108,7 +109,9 @@ def test_controls_change_the_canvas_pixels(app_url, tmp_path):
             page.goto(app_url, timeout=180_000)
             page.wait_for_selector("canvas", timeout=180_000)
             first = _changed(page, None, "the app opened")
-            assert first[1] > 0 and first[2:] == [320, 320]  # drawn, at the fixed panel size
+            # drawn, at the panel size (320 on the longest side), with the photo's aspect ratio
+            width, height = Image.open(pe.cache.sample_images()[0]).size
+            assert first[1] > 0 and first[2] == 320 and abs(first[3] - 320 * height / width) <= 1, first
 
             page.locator("[role=slider]").first.focus()
             page.keyboard.press("ArrowLeft")  # the depth starts at full depth
