@@ -4,8 +4,29 @@ between their probe batches, and they resume where they stopped once it is done.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
+import time
 from typing import Iterator, Optional
+
+
+class Clock:
+    """The time left of a computation that reports ``done`` of ``total`` steps, at the rate so far."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def restart(self) -> None:
+        self.started = time.monotonic()
+
+    def left(self, done: int, total: int) -> str:
+        """``"about 40 s left"``, ``"about 3 min left"``; ``""`` before the first step or after the last."""
+        if done <= 0 or done >= total:
+            return ""
+        seconds = (time.monotonic() - self.started) * (total - done) / done
+        if seconds < 90:
+            return f"about {max(1, math.ceil(seconds))} s left"
+        return f"about {math.ceil(seconds / 60)} min left"
 
 
 class Priority:

@@ -88,3 +88,37 @@ def test_the_image_on_screen_is_swept_before_the_queue(tiny_model, tmp_path) -> 
         assert done[0] == "c" and sorted(done) == ["a", "b", "c", "d"]
     finally:
         ex.close()
+
+
+def test_time_left_follows_the_rate_so_far(monkeypatch) -> None:
+    from polycam_explorer import scheduler
+
+    now = [100.0]
+    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
+    clock = scheduler.Clock()
+    assert clock.left(0, 10) == ""  # no rate yet
+    now[0] = 110.0
+    assert clock.left(5, 10) == "about 10 s left"  # 10 s for 5 steps: 10 s for the other 5
+    assert clock.left(1, 100) == "about 17 min left"  # 10 s a step, 99 steps
+    assert clock.left(10, 10) == ""
+
+
+def test_a_jobs_progress_and_the_sweep_label_say_the_time_left(tiny_model, tmp_path) -> None:
+    ex = pe.explore(_pictures(1), model=tiny_model, cache_dir=tmp_path, wait=True, panel_size=64)
+    try:
+        job = ex.jobs.job()
+
+        def work() -> None:
+            job.report(0, 4)
+            time.sleep(0.3)
+            job.report(1)
+            seen.append(job.time_left)
+        seen: list = []
+        job.start(work, block=True)
+        assert seen and seen[0].startswith("about ") and seen[0].endswith("left")
+        ex.store.set_progress(("x", 0, 100))
+        time.sleep(0.2)
+        ex.store.set_progress(("x", 50, 100))
+        assert "left" in ex.progress_label.value
+    finally:
+        ex.close()

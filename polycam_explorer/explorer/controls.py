@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import html
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import ipywidgets as W
 import traitlets as T
 
 from .. import render
 from ..mapset import MapSet
+from ..scheduler import Clock
 from .jobs import Jobs
 from .panels import COMPARE_OPTIONS, VARIANT_OPTIONS, depth_options
 from .state import MODES, ViewState
@@ -103,6 +104,8 @@ class Controls:
                                    layout=W.Layout(display="none", width="auto"))
         self.progress = W.IntProgress(min=0, max=1, layout=W.Layout(width="240px", display="none"))
         self.progress_label = W.HTML()
+        self._sweeping: Optional[str] = None  # the image whose sweep the label follows
+        self._clock = Clock()
         self.stop_button = W.Button(description="cancel", layout=W.Layout(display="none"))
 
         self.bindings = Bindings(state)
@@ -167,8 +170,13 @@ class Controls:
             self.progress_label.value = ""
             return
         name, done, total = progress
+        if done == 0 or name != self._sweeping:
+            self._sweeping = name
+            self._clock.restart()
         self.progress.max, self.progress.value = max(1, total), done
-        self.progress_label.value = f"probing <b>{html.escape(name)}</b>: {done} / {total} forward passes"
+        left = self._clock.left(done, total)
+        self.progress_label.value = (f"probing <b>{html.escape(name)}</b>: {done} / {total} forward passes"
+                                     + (f" · {left}" if left else ""))
 
     # ----- reactions -----------------------------------------------------------------------------
     def _on_mode(self, change) -> None:

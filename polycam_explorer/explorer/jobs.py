@@ -21,7 +21,7 @@ import ipywidgets as W
 import torch
 import traitlets as T
 
-from ..scheduler import Priority
+from ..scheduler import Clock, Priority
 from .panels import main_panel
 from .store import Event, Store
 
@@ -46,17 +46,21 @@ class Job(T.HasTraits):
     done = T.Int(0)
     total = T.Int(1)
     message = T.Unicode("")
+    time_left = T.Unicode("")  # "about 40 s left", at the rate so far
 
     def __init__(self, priority: Optional[Priority] = None) -> None:
         super().__init__()
         self.stop = threading.Event()
         self.priority = priority or Priority()
+        self._clock = Clock()
         self._thread: Optional[threading.Thread] = None
 
     def start(self, work: Callable[[], None], *, block: bool = False) -> None:
         """Run ``work()``; ``running`` goes back to False when it ends, however it ends."""
         self.stop.clear()
         self.done = 0
+        self.time_left = ""
+        self._clock.restart()
         self.running = True
 
         def run() -> None:
@@ -78,6 +82,7 @@ class Job(T.HasTraits):
         if total is not None:
             self.total = max(1, int(total))
         self.done = int(done)
+        self.time_left = self._clock.left(self.done, self.total)
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if cancel has been asked."""
@@ -243,6 +248,8 @@ class JobTab:
         self.stop_button = W.Button(description="cancel", disabled=True)
         self.progress = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="200px"))
         self.message = W.HTML()
+        self.time_left = W.HTML()
+        T.dlink((self.job, "time_left"), (self.time_left, "value"))
         T.dlink((self.job, "total"), (self.progress, "max"))
         T.dlink((self.job, "done"), (self.progress, "value"))
         T.dlink((self.job, "message"), (self.message, "value"))

@@ -47,7 +47,7 @@ class FaithfulnessView(JobTab):
             self.job.message = "<i>pass model= to the Explorer to compute insertion / deletion curves</i>"
         # the chart joins the page with its first curves: a bqplot figure laid out in a hidden tab
         # measures zero pixels and draws rectangles of negative size (console errors)
-        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress]), self.summary, self.legend])
+        self.widget = W.VBox([W.HBox([self.button, self.stop_button, self.progress, self.time_left]), self.summary, self.legend])
 
     def key(self, panel) -> tuple:
         return (self.state.image, panel.class_idx, panel.variant, panel.depth, panel.lnorm)

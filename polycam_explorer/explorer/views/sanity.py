@@ -76,7 +76,7 @@ class SanityView(JobTab):
         super().__init__(state, store, jobs, label="run sanity check")
         self.granularity.observe(lambda _: self.refresh(), names="value")
         about = W.HTML(ABOUT)
-        self.controls = W.VBox([about, W.HBox([self.granularity, self.button, self.stop_button, self.progress]),
+        self.controls = W.VBox([about, W.HBox([self.granularity, self.button, self.stop_button, self.progress, self.time_left]),
                                 self.strip, self.table])
         missing = _missing_eval()
         if jobs.model is None:
