@@ -222,7 +222,7 @@ _MEMORY_GRAPHS: OrderedDict[tuple, bytes] = OrderedDict()
 def _graph_path(fingerprint: str | None, x: torch.Tensor):
     if fingerprint is None:
         return None
-    from .cache import cache_dir
+    from .files import cache_dir
 
     c, h, w = x.shape[1:]
     return cache_dir() / "graphs" / f"{fingerprint}-{c}x{h}x{w}-torch{torch.__version__}.onnx"

@@ -20,6 +20,7 @@ import torch
 
 from .layers import module_device
 from .mapset import MapSet
+from .files import cache_dir
 from .identity import model_fingerprint
 
 MIN_FREE_BYTES = 1 << 20  # below this much free space, a map set (VGG16 at 224: ~10 MB) will not fit
@@ -27,16 +28,6 @@ MIN_FREE_BYTES = 1 << 20  # below this much free space, a map set (VGG16 at 224:
 
 class CacheWriteWarning(RuntimeWarning):
     """The map-set cache could not be written; the result was kept in memory only."""
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$POLYCAM_EXPLORER_CACHE``, else the user cache folder."""
-    if path is not None:
-        return Path(path)
-    if os.environ.get("POLYCAM_EXPLORER_CACHE"):
-        return Path(os.environ["POLYCAM_EXPLORER_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "polycam-explorer"
 
 
 def cache_key(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Tensor, *,

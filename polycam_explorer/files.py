@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file beside the target, renamed into place when complete."""
+"""Where files go and how they are written: the cache folder, and atomic writes (a temporary file
+beside the target, renamed into place when complete)."""
 from __future__ import annotations
 
 import contextlib
@@ -43,3 +44,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """``path``, else ``$POLYCAM_EXPLORER_CACHE``, else the user cache folder."""
+    if path is not None:
+        return Path(path)
+    if os.environ.get("POLYCAM_EXPLORER_CACHE"):
+        return Path(os.environ["POLYCAM_EXPLORER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "polycam-explorer"
