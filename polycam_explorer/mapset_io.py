@@ -37,7 +37,6 @@ same checks first, so a file that loading would refuse is never written.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 import zipfile
@@ -50,14 +49,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fp16_codec as codec
+from . import mapset_schema as schema
 from .files import atomic_write
 from .probes import LayerScores
 
 FORMAT = "polycam-explorer/mapset"
 VERSION = 2
 READS = (1, 2)  # format versions this code reads
-_TOP = 15  # a slice's largest magnitude is stored in [2**(_TOP - 1), 2**_TOP)
-_EXP_RANGE = (-200, 200)  # float32 values need exponents in about -163..114
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -84,8 +83,8 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
     }
     try:  # never write a file that loading would refuse
         text = json.dumps(header, default=_plain)
-        _check_header(json.loads(text))
-    except (_Corrupt, TypeError, ValueError) as exc:
+        schema.check_header(json.loads(text))
+    except (schema.Corrupt, TypeError, ValueError) as exc:
         raise ValueError(f"cannot save the map set to {str(path)!r}: {exc}") from None
 
     def f32(t: torch.Tensor, what: str) -> np.ndarray:
@@ -115,9 +114,9 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
                 stored.append((f"sminus_{i}", minus, 1))
     for name, x, axis in stored:
         if fp16:
-            offsets = _offsets(x) if name.startswith("act_") else None
-            mantissas, exps = _encode(x, axis, offsets)
-            if np.isfinite(_decode(mantissas, exps, axis, offsets)).all():
+            offsets = codec.offsets_of(x) if name.startswith("act_") else None
+            mantissas, exps = codec.encode(x, axis, offsets)
+            if np.isfinite(codec.decode(mantissas, exps, axis, offsets)).all():
                 arrays[name], arrays[f"{name}_exp"] = mantissas, exps
                 if offsets is not None:
                     arrays[f"{name}_off"] = offsets
@@ -125,7 +124,7 @@ def save_mapset(ms, path: str | os.PathLike, *, fp16: bool = False) -> None:
         arrays[name] = x.astype(np.float32)
     try:  # the arrays as loading will check them (shapes, dtypes, decoded values)
         _build(json.loads(text), arrays, VERSION)
-    except _Corrupt as exc:
+    except schema.Corrupt as exc:
         raise ValueError(f"cannot save the map set to {str(path)!r}: {exc}") from None
     arrays["header"] = np.array(text)
     with atomic_write(path) as f:
@@ -138,48 +137,10 @@ def _plain(value):
         return value.item()
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
-    raise TypeError(f"a {type(value).__name__} ({_short(value)}) cannot be stored in a map-set header")
-
-
-def _slice_shape(ndim: int, axis: int) -> list[int]:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return shape
-
-
-def _offsets(x: np.ndarray) -> np.ndarray:
-    """Per-channel minimum of ``[K, ...]`` activations (float32)."""
-    return x.reshape(x.shape[0], -1).min(axis=1).astype(np.float32) if x.size else np.zeros(x.shape[0], np.float32)
-
-
-def _encode(x: np.ndarray, axis: int, offsets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """fp16 mantissas and one power-of-two exponent per slice along ``axis`` (exact scaling),
-    after subtracting the slices' ``offsets`` if given."""
-    shape = _slice_shape(x.ndim, axis)
-    x = x.astype(np.float64)
-    if offsets is not None:
-        x = x - offsets.astype(np.float64).reshape(shape)
-    others = tuple(a for a in range(x.ndim) if a != axis)
-    peak = np.abs(x).max(axis=others) if x.size else np.zeros(x.shape[axis])
-    exps = (np.frexp(peak)[1] - _TOP).astype(np.int16)  # peak = m * 2**e, m in [0.5, 1)
-    mantissas = np.ldexp(x, -exps.astype(np.int32).reshape(shape))
-    return mantissas.astype(np.float16), exps
-
-
-def _decode(mantissas: np.ndarray, exps: np.ndarray, axis: int, offsets: np.ndarray | None = None) -> np.ndarray:
-    shape = _slice_shape(mantissas.ndim, axis)
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = np.ldexp(mantissas.astype(np.float64), exps.astype(np.int32).reshape(shape))
-        if offsets is not None:
-            x = x + offsets.astype(np.float64).reshape(shape)
-        return x.astype(np.float32)
+    raise TypeError(f"a {type(value).__name__} ({schema.short(value)}) cannot be stored in a map-set header")
 
 
 # ----- loading --------------------------------------------------------------------------------
-class _Corrupt(Exception):
-    """What is wrong with a file that is ours but damaged (made a ValueError naming the file)."""
-
-
 @dataclass
 class Stored:
     """A map-set file's checked contents: :class:`MapSet`'s keyword arguments and each layer's
@@ -226,8 +187,8 @@ def read_mapset(path: str | os.PathLike, *, model: nn.Module | None = None,
         raise ValueError(f"{name!r} has the older map-set format version {version}; only version "
                          f"{VERSION} is accepted here")
     try:
-        _check_header(header)
-    except _Corrupt as exc:
+        schema.check_header(header)
+    except schema.Corrupt as exc:
         raise ValueError(f"corrupt map-set file {name!r}: {exc}") from None
     if model is not None:
         clf = as_classifier(model)
@@ -246,7 +207,7 @@ def read_mapset(path: str | os.PathLike, *, model: nn.Module | None = None,
         raise ValueError(f"{name!r} was made for layers {header['layers']}, not {list(layers)}")
     try:
         stored = _build(header, arrays, version)
-    except _Corrupt as exc:
+    except schema.Corrupt as exc:
         raise ValueError(f"corrupt map-set file {name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - anything else the contents provoke is corruption too
         raise ValueError(f"corrupt map-set file {name!r}: {type(exc).__name__}: {exc}") from exc
@@ -329,7 +290,7 @@ def _read_header(path: Path, arrays: dict[str, np.ndarray]) -> dict:
             if isinstance(header, dict):
                 if header.get("format") != FORMAT:
                     raise ValueError(f"{name!r} is not a polycam-explorer map-set file (its header names "
-                                     f"the format {_short(header.get('format'))})")
+                                     f"the format {schema.short(header.get('format'))})")
                 return header
             problem = f"its header is a JSON {type(header).__name__}, not an object"
     if ours:
@@ -337,85 +298,28 @@ def _read_header(path: Path, arrays: dict[str, np.ndarray]) -> dict:
     raise ValueError(f"{name!r} is not a polycam-explorer map-set file: {problem}")
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _need(condition: bool, what: str) -> None:
-    if not condition:
-        raise _Corrupt(what)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_scalar(v) -> bool:
-    return v is None or isinstance(v, (str, bool, int, float))
-
-
-_SCHEMA = {"layers": list, "class_names": list, "model_name": str, "model_id": str, "mean": list,
-           "std": list, "probed": list, "stats": dict, "dtype": str}
-_KINDS = {list: "a list", str: "a string", dict: "an object"}
-
-
-def _check_header(h: dict) -> None:
-    """The header's schema: every key present with its type; lengths that agree."""
-    missing = [k for k in _SCHEMA if k not in h]
-    _need(not missing, f"the header lacks {', '.join(map(repr, missing))}")
-    for key, kind in _SCHEMA.items():
-        _need(isinstance(h[key], kind), f"header {key!r} must be {_KINDS[kind]}, got {_short(h[key])}")
-    layers = h["layers"]
-    _need(len(layers) > 0 and all(isinstance(s, str) and s for s in layers),
-          f"header 'layers' must be a non-empty list of layer names, got {_short(layers)}")
-    _need(len(set(layers)) == len(layers), f"header 'layers' repeats a layer: {_short(layers)}")
-    _need(all(isinstance(p, bool) for p in h["probed"]) and len(h["probed"]) == len(layers),
-          f"header 'probed' must be {len(layers)} true/false values (one per layer), got {_short(h['probed'])}")
-    _need(len(h["class_names"]) > 0 and all(isinstance(s, str) for s in h["class_names"]),
-          f"header 'class_names' must be a non-empty list of strings, got {_short(h['class_names'])}")
-    for key in ("mean", "std"):
-        _need(len(h[key]) > 0 and all(_is_number(v) for v in h[key]),
-              f"header {key!r} must be a list of finite numbers, got {_short(h[key])}")
-    _need(len(h["mean"]) == len(h["std"]), f"header 'mean' has {len(h['mean'])} values, 'std' {len(h['std'])}")
-    _need(all(v > 0 for v in h["std"]), f"header 'std' must be positive, got {_short(h['std'])}")
-    for key, value in h["stats"].items():
-        _need(_is_scalar(value) or (isinstance(value, list) and all(_is_scalar(v) for v in value)),
-              f"header 'stats' entry {key!r} must be a number, string or flat list, got {_short(value)}")
-    _need(h["dtype"] in ("float16", "float32"), f"header 'dtype' must be 'float16' or 'float32', got {_short(h['dtype'])}")
-    frame = h.get("frame")  # optional: files written before it load without one
-    _need(frame is None or (isinstance(frame, list) and len(frame) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in frame)),
-          f"header 'frame' must be null or [H, W] positive ints, got {_short(frame)}")
-
-
-def _check_image(shape: tuple, channels: int) -> None:
-    _need(len(shape) == 4 and shape[0] == 1 and shape[1] == channels,
-          f"the image has shape {tuple(shape)}; expected [1, {channels}, H, W] (one value of 'mean' per channel)")
-
-
 def _array(arrays: dict, name: str, ndim: int, axis: int | None, version: int) -> np.ndarray:
     """One stored array as float32, decoded from fp16 mantissas and exponents where so stored."""
-    _need(name in arrays, f"the array {name!r} is missing: the file is incomplete")
+    schema.need(name in arrays, f"the array {name!r} is missing: the file is incomplete")
     x = arrays[name]
-    _need(x.dtype in _FLOATS, f"the array {name!r} has dtype {x.dtype}; map-set arrays are float16 or float32")
-    _need(x.ndim == ndim, f"the array {name!r} has shape {x.shape}; expected {ndim} dimensions")
+    schema.need(x.dtype in _FLOATS, f"the array {name!r} has dtype {x.dtype}; map-set arrays are float16 or float32")
+    schema.need(x.ndim == ndim, f"the array {name!r} has shape {x.shape}; expected {ndim} dimensions")
     if x.dtype == np.float16 and version >= 2 and axis is not None:
         exps = arrays.get(f"{name}_exp")
-        _need(exps is not None, f"the fp16 array {name!r} lacks its exponents {name + '_exp'!r}")
-        _need(exps.dtype.kind in "iu" and exps.shape == (x.shape[axis],),
+        schema.need(exps is not None, f"the fp16 array {name!r} lacks its exponents {name + '_exp'!r}")
+        schema.need(exps.dtype.kind in "iu" and exps.shape == (x.shape[axis],),
               f"the exponents {name + '_exp'!r} must be {x.shape[axis]} integers, got dtype {exps.dtype}, "
               f"shape {exps.shape}")
-        _need(exps.size == 0 or (_EXP_RANGE[0] <= exps.min() and exps.max() <= _EXP_RANGE[1]),
+        schema.need(exps.size == 0 or (codec.EXP_RANGE[0] <= exps.min() and exps.max() <= codec.EXP_RANGE[1]),
               f"the exponents {name + '_exp'!r} are out of range")
         offsets = arrays.get(f"{name}_off")
-        _need(offsets is None or (offsets.dtype in _FLOATS and offsets.shape == (x.shape[axis],)),
+        schema.need(offsets is None or (offsets.dtype in _FLOATS and offsets.shape == (x.shape[axis],)),
               f"the offsets {name + '_off'!r} must be {x.shape[axis]} floats, got dtype "
               f"{getattr(offsets, 'dtype', None)}, shape {getattr(offsets, 'shape', None)}")
-        x = _decode(x, exps, axis, offsets)
+        x = codec.decode(x, exps, axis, offsets)
     else:
         x = x.astype(np.float32)
-    _need(bool(np.isfinite(x).all()), f"the array {name!r} holds NaN or infinite values")
+    schema.need(bool(np.isfinite(x).all()), f"the array {name!r} holds NaN or infinite values")
     return x
 
 
@@ -423,10 +327,10 @@ def _build(h: dict, arrays: dict, version: int) -> Stored:
     """The contents (on the CPU) of a header that passed the schema and arrays checked here."""
 
     image = _array(arrays, "image", 4, None, version)
-    _check_image(image.shape, len(h["mean"]))
+    schema.check_image(image.shape, len(h["mean"]))
     s0 = _array(arrays, "s0", 1, None, version)
     n = len(h["class_names"])
-    _need(s0.shape == (n,), f"s0 has {s0.shape[0]} probabilities for {n} class names")
+    schema.need(s0.shape == (n,), f"s0 has {s0.shape[0]} probabilities for {n} class names")
     acts = [_array(arrays, f"act_{i}", 3, 0, version) for i in range(len(h["layers"]))]
     stored = Stored(fields=dict(image=torch.from_numpy(image), layers=h["layers"],
                                 activations=[torch.from_numpy(a) for a in acts], s0=torch.from_numpy(s0),
@@ -444,7 +348,7 @@ def _build(h: dict, arrays: dict, version: int) -> Stored:
         else:
             minus = _array(arrays, f"sminus_{i}", 2, 1, version)
         for key, scores in (("S+", plus), ("S-", minus)):
-            _need(scores.shape == expected, f"{key} of layer {h['layers'][i]!r} has shape {scores.shape}, "
+            schema.need(scores.shape == expected, f"{key} of layer {h['layers'][i]!r} has shape {scores.shape}, "
                                             f"expected {expected} (channels, classes)")
         stored.scores[i] = LayerScores(torch.from_numpy(plus), torch.from_numpy(np.ascontiguousarray(minus)))
     return stored

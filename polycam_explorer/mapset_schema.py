@@ -1,0 +1,66 @@
+"""The map-set header's schema and the checks of a file's contents: one place that says what a
+valid map-set file holds (:mod:`polycam_explorer.mapset_io` reads and writes it)."""
+from __future__ import annotations
+
+import math
+
+
+class Corrupt(Exception):
+    """What is wrong with a file that is ours but damaged (made a ValueError naming the file)."""
+
+
+def short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def need(condition: bool, what: str) -> None:
+    if not condition:
+        raise Corrupt(what)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_scalar(v) -> bool:
+    return v is None or isinstance(v, (str, bool, int, float))
+
+
+SCHEMA = {"layers": list, "class_names": list, "model_name": str, "model_id": str, "mean": list,
+           "std": list, "probed": list, "stats": dict, "dtype": str}
+KINDS = {list: "a list", str: "a string", dict: "an object"}
+
+
+def check_header(h: dict) -> None:
+    """The header's schema: every key present with its type; lengths that agree."""
+    missing = [k for k in SCHEMA if k not in h]
+    need(not missing, f"the header lacks {', '.join(map(repr, missing))}")
+    for key, kind in SCHEMA.items():
+        need(isinstance(h[key], kind), f"header {key!r} must be {KINDS[kind]}, got {short(h[key])}")
+    layers = h["layers"]
+    need(len(layers) > 0 and all(isinstance(s, str) and s for s in layers),
+          f"header 'layers' must be a non-empty list of layer names, got {short(layers)}")
+    need(len(set(layers)) == len(layers), f"header 'layers' repeats a layer: {short(layers)}")
+    need(all(isinstance(p, bool) for p in h["probed"]) and len(h["probed"]) == len(layers),
+          f"header 'probed' must be {len(layers)} true/false values (one per layer), got {short(h['probed'])}")
+    need(len(h["class_names"]) > 0 and all(isinstance(s, str) for s in h["class_names"]),
+          f"header 'class_names' must be a non-empty list of strings, got {short(h['class_names'])}")
+    for key in ("mean", "std"):
+        need(len(h[key]) > 0 and all(is_number(v) for v in h[key]),
+              f"header {key!r} must be a list of finite numbers, got {short(h[key])}")
+    need(len(h["mean"]) == len(h["std"]), f"header 'mean' has {len(h['mean'])} values, 'std' {len(h['std'])}")
+    need(all(v > 0 for v in h["std"]), f"header 'std' must be positive, got {short(h['std'])}")
+    for key, value in h["stats"].items():
+        need(is_scalar(value) or (isinstance(value, list) and all(is_scalar(v) for v in value)),
+              f"header 'stats' entry {key!r} must be a number, string or flat list, got {short(value)}")
+    need(h["dtype"] in ("float16", "float32"), f"header 'dtype' must be 'float16' or 'float32', got {short(h['dtype'])}")
+    frame = h.get("frame")  # optional: files written before it load without one
+    need(frame is None or (isinstance(frame, list) and len(frame) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in frame)),
+          f"header 'frame' must be null or [H, W] positive ints, got {short(frame)}")
+
+
+def check_image(shape: tuple, channels: int) -> None:
+    need(len(shape) == 4 and shape[0] == 1 and shape[1] == channels,
+          f"the image has shape {tuple(shape)}; expected [1, {channels}, H, W] (one value of 'mean' per channel)")
