@@ -2,7 +2,8 @@
 depth from one probe sweep, and an interactive explorer for them."""
 from .cache import mapset_for
 from .layers import LayerInfo, describe_layers
-from .mapset import MapSet, compute_mapset, iter_mapset
+from .compute import compute_mapset, iter_mapset
+from .mapset import MapSet
 from .metrics import deletion, insertion
 from .identity import model_fingerprint
 from .images import load_image

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import polycam
-from .mapset import MapSet, compute_mapset
+from .compute import compute_mapset
+from .mapset import MapSet
 from .metrics import faithfulness_curves
 
 VARIANT_NAMES = {"+": "PCAM+", "-": "PCAM-", "+-": "PCAM±"}

@@ -116,7 +116,7 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
     embedded model is used unless ``model`` is given. Every fp32 backend gives the same maps, so
     the cache key does not depend on it."""
     from .backends import check_backend
-    from .mapset import compute_mapset
+    from .compute import compute_mapset
     from .images import image_frame, load_image
     from .models import as_classifier, load_model
 

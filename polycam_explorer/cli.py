@@ -14,7 +14,7 @@ from . import render
 from .cache import default_batch_size
 from .files import atomic_write
 from .layers import LAYER_RULES, module_device
-from .mapset import compute_mapset
+from .compute import compute_mapset
 from .images import load_image
 from .models import load_model, probabilities
 from .serve import CULL_AFTER_S, serve

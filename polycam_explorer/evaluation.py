@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import runs
 from .files import atomic_write
 from .layers import module_device
-from .mapset import compute_mapset
+from .compute import compute_mapset
 from .metrics import faithfulness_curves
 from .identity import model_fingerprint
 from .images import load_image

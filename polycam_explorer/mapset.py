@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import copy
 import threading
-import warnings
 from collections import OrderedDict
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import backends, mapset_io, polycam
-from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
-from .model_state import inference_state
-from .identity import model_fingerprint
-from .models import as_classifier, probabilities
-from .probes import LayerScores, plan_layer, precision_agreement, sweep
+from . import mapset_io, polycam
+from .probes import LayerScores
 
 CACHE_SIZE = 128
 
@@ -280,169 +275,3 @@ def _integer(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an int, got {value!r}")
     return int(value)
-
-
-def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
-                batch_size: int = 64, device: torch.device | str | None = None,
-                progress: bool | Callable[[int, int], None] = True, cancel: object | None = None,
-                backend: str = "auto", precision: str = "fp32", progressive: bool = False) -> Iterator[MapSet]:
-    """Run the sweep and yield the same MapSet after each layer is probed, coarsest first.
-
-    The first yield already allows depth 1; the last has ``complete`` True. Stopping early (or
-    ``cancel`` being set, which raises :class:`SweepCancelled`) leaves a map set that says it is
-    incomplete. Arguments as :func:`compute_mapset`.
-
-    ``progressive=True``: a first picture in seconds. The coarsest layer's masks are probed in
-    decreasing activation energy, and the map set is also yielded after its first small batch and
-    then about every 0.5 s with ``estimate`` True, ``depth_available`` 1 and ``channels_done`` of
-    ``channels_total`` coarsest channels in: depth 1 is then the partial channel sum over them (the
-    others weigh 0 in every variant). Redraw on each yield (``revision`` changes). The yields that
-    follow are exact, as without it, and the final scores are the same probes'. Off by default:
-    a caller must know to label estimates.
-    """
-    backend, precision = backends.check_backend(backend, precision)
-    clf = as_classifier(model)
-    x = _check_input(x, clf)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(progressive, bool):
-        raise TypeError(f"progressive must be True or False, got {progressive!r}")
-    net = clf.net
-    model_device = module_device(net)
-    if device is not None and torch.device(device) != model_device:
-        net = copy.deepcopy(net).to(device)  # the user's model stays where it is
-    run_device = torch.device(device) if device is not None else model_device
-    image = x.to(run_device, torch.float32)
-    x = x.to(run_device, float_dtype(net))  # the model's own precision (float64, half, ...)
-    with inference_state(net):
-        layers = check_layers(net, layers) if layers is not None else [
-            info.name for info in describe_layers(net, x.shape[-2:], clf.layer_rule)]
-        logits, acts = capture_activations(net, x, layers)
-        s0 = probabilities(logits)[0]
-    if not bool(torch.isfinite(s0).all()):
-        raise ValueError(f"the model's output on this image is not finite (NaN or infinite logits): "
-                         f"there is nothing to explain; check the model ({clf.name}) and its weights")
-    ms = MapSet(image=image, layers=layers, activations=[acts[n].float() for n in layers], s0=s0,
-                class_names=_class_names(clf, s0.shape[0]), model_name=clf.name,
-                model_id=model_fingerprint(clf), mean=clf.mean, std=clf.std)
-    plans = [plan_layer(a) for a in ms.activations]
-    with inference_state(net):
-        runner = backends.runner_for(net, x, backend=backend, precision=precision, batch_size=batch_size,
-                                     fingerprint=ms.model_id, probes=1 + sum(p.probes for p in plans))
-        if runner.name != "eager":  # s0 from the same path as the probes: PCAM-'s s0 - S- stays exact
-            s0 = probabilities(runner(x))[0]
-            ms.probs = s0
-    ms.stats.update(backend=runner.name, precision=runner.precision, backend_setup_s=round(runner.setup_s, 3))
-    steps = sweep(runner, x, ms.activations, s0, batch_size=batch_size, cancel=cancel, progress=progress,
-                  plans=plans, progressive=progressive)
-    try:
-        while True:
-            # the model is frozen and gradients are off only while a layer is probed, never while
-            # the caller's loop body runs between two yields (nor after it breaks out)
-            with inference_state(net):
-                step = next(steps, None)
-            if step is None:
-                return
-            index, scores, counts = step.index, step.scores, step.counts
-            if not step.exact:
-                ms.set_estimate(scores, step.channels_done)
-                ms.stats.update(counts, batch_size=batch_size)
-                yield ms
-                continue
-            _warn_if_not_finite(scores, layers[index], clf.name)
-            if runner.precision in ("bf16", "fp16"):  # reduced precision: measure the agreement
-                _check_precision(ms, net, x, index, plans[index], scores, batch_size)
-            ms.set_scores(index, scores)
-            ms.stats.update(counts, batch_size=batch_size)
-            yield ms
-    finally:
-        steps.close()
-
-def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
-                   batch_size: int = 64, device: torch.device | str | None = None,
-                   progress: bool | Callable[[int, int], None] = True, cancel: object | None = None,
-                   on_layer: Callable[[MapSet, str], None] | None = None, backend: str = "auto",
-                   precision: str = "fp32") -> MapSet:
-    """One probe sweep over ``x`` -> a complete :class:`MapSet` (every class, variant and depth).
-
-    Args:
-        model: a :class:`Classifier` (from :func:`load_model`) or any ``nn.Module`` classifier.
-        x: the normalised image, ``1 x C x H x W`` (see :func:`load_image`).
-        layers: target layer names, input side first; ``None`` discovers them.
-        batch_size: images per forward pass (bounds peak memory).
-        device: where to run and keep the map set; ``None`` is the model's device. The user's
-            model is copied, not moved, when it lives elsewhere.
-        progress: True for a tqdm progress bar, or a callable ``(done, total)`` per probe batch.
-        cancel: a ``threading.Event`` or a callable; when set, :class:`SweepCancelled` is raised.
-        on_layer: called as ``on_layer(mapset, layer_name)`` after each layer, coarsest first,
-            with the partial map set (depths up to ``mapset.depth_available`` are ready).
-        backend: how the probes' forward passes run (:mod:`polycam_explorer.backends`):
-            ``"auto"`` (fastest exact path: ONNX Runtime where installed and faster, else
-            channels_last), ``"eager"`` (plain ``model(x)``), ``"channels_last"``, ``"compile"``
-            or ``"onnxruntime"``. Every fp32 path gives the eager maps (r >= 0.9999). The path
-            used is ``mapset.stats["backend"]``.
-        precision: ``"fp32"``, or ``"bf16"`` (opt-in, faster on CPUs with bf16 units): its
-            agreement with fp32 is measured on the image (``mapset.stats["precision_agreement"]``)
-            and a :class:`backends.PrecisionWarning` is issued below 0.999.
-
-    Raises:
-        ValueError / TypeError: bad image, model, layers, batch size, backend or precision, naming
-            what is accepted.
-        SweepCancelled: when ``cancel`` is set.
-    """
-    ms = None
-    for ms in iter_mapset(model, x, layers, batch_size=batch_size, device=device, progress=progress,
-                          cancel=cancel, backend=backend, precision=precision):
-        if on_layer is not None:
-            on_layer(ms, ms.layers[len(ms.layers) - ms.depth_available])
-    return ms
-
-
-def _check_precision(ms: MapSet, net: nn.Module, x: torch.Tensor, index: int, plan, scores: LayerScores,
-                     batch_size: int) -> None:
-    """Measure a bf16 sweep against fp32 on each layer as it is probed
-    (:func:`probes.precision_agreement`: its 32 highest-energy masks again in fp32, about 3% more
-    passes); keep the smallest r in ``ms.stats["precision_agreement"]`` and warn, once, when it
-    falls below :data:`backends.MIN_BF16_AGREEMENT`."""
-    reference = backends.runner_for(net, x, backend="channels_last", batch_size=batch_size,
-                                    fingerprint=ms.model_id)
-    r = precision_agreement(reference, x, ms.activations[index], plan, scores, ms.probs, batch_size=batch_size)
-    before = ms.stats.get("precision_agreement")
-    ms.stats["precision_agreement"] = round(r if before is None else min(before, r), 6)
-    if r < backends.MIN_BF16_AGREEMENT and (before is None or before >= backends.MIN_BF16_AGREEMENT):
-        warnings.warn(f"precision='bf16' maps of this image agree with fp32 at r = {r:.4f} only (layer "
-                      f"{ms.layers[index]!r}, top-3 classes, its highest-energy channels; below "
-                      f"{backends.MIN_BF16_AGREEMENT}): use precision='fp32' for exact maps",
-                      backends.PrecisionWarning, stacklevel=4)
-
-
-def _warn_if_not_finite(scores: LayerScores, layer: str, model_name: str) -> None:
-    bad = int((~torch.isfinite(scores.s_plus)).any(1).sum() + (~torch.isfinite(scores.s_minus)).any(1).sum())
-    if bad:
-        warnings.warn(f"{model_name} gave NaN or infinite outputs for {bad} probes of layer {layer!r}: "
-                      "maps that use them are not finite and are refused (MapSet.saliency raises)",
-                      RuntimeWarning, stacklevel=3)
-
-
-def _class_names(clf, n_classes: int) -> list[str]:
-    return [clf.class_name(i) for i in range(n_classes)]
-
-
-def _check_input(x: torch.Tensor, clf) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W (see pe.load_image), "
-                        f"got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x[None]
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"x must have shape 1 x C x H x W (one image), got {tuple(x.shape)}")
-    if x.shape[1] != clf.channels:
-        raise ValueError(f"x has {x.shape[1]} channels but the model takes {clf.channels}; "
-                         "pe.load_image converts grayscale and RGBA images")
-    if min(x.shape[-2:]) < 8:
-        raise ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; at least 8 x 8 is needed")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values")
-    return x

@@ -30,7 +30,7 @@ import torch
 import polycam_explorer as pe
 from conftest import TinyNet
 from polycam_explorer import cache, mapset_io
-from polycam_explorer import mapset as mapset_module
+from polycam_explorer import compute as compute_module
 from polycam_explorer.probes import LayerScores
 
 VARIANTS = ("+", "-", "+-")
@@ -637,7 +637,7 @@ def test_zero_weights_stay_exactly_zero(base, tmp_path) -> None:
 
 def test_a_map_set_that_cannot_be_stored_faithfully_is_returned_with_a_warning(tmp_path, monkeypatch) -> None:
     model = tiny_classifier()
-    real = mapset_module.compute_mapset
+    real = compute_module.compute_mapset
 
     def with_nan(*args, **kwargs):
         ms = real(*args, **kwargs)
@@ -645,7 +645,7 @@ def test_a_map_set_that_cannot_be_stored_faithfully_is_returned_with_a_warning(t
         ms.activations[0][0, 0, 0] = float("nan")
         return ms
 
-    monkeypatch.setattr(mapset_module, "compute_mapset", with_nan)
+    monkeypatch.setattr(compute_module, "compute_mapset", with_nan)
     with pytest.warns(cache.CacheWriteWarning, match="NaN or infinite"):
         ms = pe.mapset_for(IMAGE, model, cache_dir=tmp_path, progress=False)
     assert ms.complete and os.listdir(tmp_path) == []

@@ -15,7 +15,7 @@ from PIL import Image
 from .. import backends, cache
 from ..images import ImageLike, image_frame, load_image
 from ..layers import module_device
-from ..mapset import iter_mapset
+from ..compute import iter_mapset
 from ..models import as_classifier, load_model
 from ..scheduler import Priority
 from .app import Explorer

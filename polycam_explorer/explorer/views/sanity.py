@@ -21,7 +21,7 @@ import torch
 from ... import render
 from ...cache import default_batch_size
 from ...layers import module_device
-from ...mapset import compute_mapset
+from ...compute import compute_mapset
 from ...robustness import (EVAL_HINT, Group, RandomizationStep, iter_cascading_randomization, randomization_groups,
                            randomization_strip)
 from ..jobs import Jobs, JobTab
