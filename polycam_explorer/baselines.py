@@ -27,7 +27,6 @@ imported on first use. Zoom-CAM is not offered: it has no maintained package.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import operator
 from typing import Callable, Iterator, Sequence
@@ -37,22 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import check_layers, describe_layers, module_device
+from .extras import require
 from .model_state import inference_state
 from .models import Classifier, as_classifier, probabilities
 
-_EXTRA = "pip install polycam-explorer[eval]"
-
-
 # ----- shared plumbing ---------------------------------------------------------------------------
-def _require(module: str, method: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        library = module.split(".")[0]
-        raise ImportError(f"the {method!r} baseline needs {library}, which is not installed: "
-                          f"{_EXTRA}") from exc
-
-
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -140,7 +128,7 @@ def _torchcam(cls_name: str, method: str, net: nn.Module, x: torch.Tensor, c: in
 
     The extractor is a context manager: its hooks are removed on exit, also after an error.
     """
-    extractor_cls = getattr(_require("torchcam.methods", method), cls_name)
+    extractor_cls = getattr(require("torchcam.methods", f"the {method!r} baseline"), cls_name)
     with _explaining(net), _seeded(seed, x.device), \
             extractor_cls(net, target_layer=list(layers), **kwargs) as extractor:
         if cls_name in _SCORE_CAMS:  # one clean pass records the activations and the input
@@ -274,7 +262,7 @@ def layercamfusion(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_
 # ----- Captum ------------------------------------------------------------------------------------
 def _captum(method: str, model, x, class_idx, run: Callable) -> torch.Tensor:
     """Run ``run(captum.attr, net, x, c)`` with the net in eval mode; the attribution summed over channels."""
-    attr = _require("captum.attr", method)
+    attr = require("captum.attr", f"the {method!r} baseline")
     net, x, c = _prepare(model, x, class_idx)
     with _explaining(net):
         out = run(attr, net, x.requires_grad_(True), c)  # the copy: Captum then leaves it as it is

@@ -55,7 +55,16 @@ def load_image(image: ImageLike, model: nn.Module | None = None, *,
     return x[None].contiguous()
 
 
-def image_frame(image: ImageLike) -> tuple[int, int]:
+def check_image(x: torch.Tensor) -> None:
+    """``x`` is one floating-point image tensor ``1 x C x H x W``, or a TypeError / ValueError saying so."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[0] != 1 or not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor of shape 1 x C x H x W, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+
+def image_frame(
+image: ImageLike) -> tuple[int, int]:
     """``(H, W)`` of ``image`` as a viewer shows it (EXIF orientation applied): the frame that maps
     computed on its resized copy are drawn back onto (``MapSet.frame``)."""
     return tuple(int(v) for v in _pixels(image, 3).shape[-2:])

@@ -1,8 +1,6 @@
-"""Robustness and sanity checks of saliency maps (ALGORITHM.md, "Faithfulness metrics").
+"""The sanity check of saliency maps (ALGORITHM.md, "Faithfulness metrics"; sensitivity-max is in
+:mod:`polycam_explorer.sensitivity`).
 
-- :func:`sensitivity_max` (Yeh et al. 2019): how much a map changes when the input is perturbed
-  inside a small L-infinity ball; Captum's ``captum.metrics.sensitivity_max`` with the paper's
-  settings (10 perturbations, radius 0.02, Captum's uniform ``default_perturb_func``).
 - :func:`cascading_randomization` (Adebayo et al. 2018; the paper's Appendix, Figure 26): the
   model's layers are re-initialised from the output side to the input side, cumulatively, on a
   deep copy; a faithful map must change as they are. :func:`iter_cascading_randomization` yields
@@ -17,7 +15,7 @@ Guided Backprop stays near 1 and fails). Both scores compare *maps*, so anything
 from the image rather than from the weights (edges showing through masks, the upsampling chain)
 keeps them above 0 even with every weight random: read them against the same check of a baseline.
 
-Captum, SciPy and scikit-image are imported on first use (``pip install polycam-explorer[eval]``).
+SciPy and scikit-image are imported on first use (``pip install polycam-explorer[eval]``).
 """
 from __future__ import annotations
 
@@ -31,78 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .extras import require
+from .images import check_image
 from .layers import _blocks, module_device, hooks
 from .model_state import inference_state
 from .models import as_classifier
 
-EVAL_HINT = "pip install polycam-explorer[eval]"
 GRANULARITIES = ("stages", "blocks", "layers")
 HEAD = "head"
 Progress = Callable[[int, int], None]
-
-
-def _require(module: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"{what} needs {module.split('.')[0]}: {EVAL_HINT}") from exc
-
-
-# ----- sensitivity-max -----------------------------------------------------------------------
-def sensitivity_max(explain: Callable[..., torch.Tensor], x: torch.Tensor, class_idx: int | None = None,
-                    *, n_perturb: int = 10, radius: float = 0.02, seed: int | None = None) -> float:
-    """Sensitivity-max of a saliency function at ``x`` (Yeh et al. 2019), via Captum.
-
-    ``max_j ||explain(x + d_j) - explain(x)||_F / ||explain(x)||_F`` over ``n_perturb`` noises
-    ``d_j`` drawn uniformly from the L-infinity ball of ``radius`` (Captum's
-    ``default_perturb_func``, called as ``captum.metrics.sensitivity_max(...,
-    perturb_radius=radius, n_perturb_samples=n_perturb)``). A zero map gives 0 sensitivity
-    (Captum divides by 1 then).
-
-    Args:
-        explain: any saliency function ``explain(x) -> map`` (``explain(x, class_idx)`` when
-            ``class_idx`` is given) for one ``1 x C x H x W`` image, the map typically ``H x W``.
-            It is called once per image, under ``torch.enable_grad()``
-            (Captum itself runs under ``no_grad``), so gradient methods work. For Poly-CAM, each
-            perturbed input needs its own probe sweep, e.g.
-            ``lambda x: pe.compute_mapset(model, x, layers, progress=False).saliency(c, "+-")``
-            (``n_perturb + 1`` sweeps in all).
-        x: the normalised image, ``1 x C x H x W``.
-        class_idx: ``None``: ``explain`` fixes the class itself; an int is passed on to it.
-        n_perturb: perturbations (the paper: 10).
-        radius: L-infinity radius in the normalised input space (the paper: 0.02).
-        seed: seed for the perturbations (the global RNG is restored after the call); ``None``
-            draws from the global RNG as Captum does.
-
-    Raises:
-        ValueError: bad ``x``, ``n_perturb`` or ``radius``; ImportError without Captum.
-    """
-    metrics = _require("captum.metrics", "sensitivity_max")
-    _check_image(x)
-    if isinstance(n_perturb, bool) or not isinstance(n_perturb, int) or n_perturb < 1:
-        raise ValueError(f"n_perturb must be a positive int, got {n_perturb!r}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
-
-    def batched(inputs):
-        batch = inputs[0] if isinstance(inputs, tuple) else inputs
-        maps = []
-        with torch.enable_grad():
-            for i in range(batch.shape[0]):
-                out = explain(batch[i:i + 1]) if class_idx is None else explain(batch[i:i + 1], class_idx)
-                out = torch.as_tensor(out) if not isinstance(out, torch.Tensor) else out
-                maps.append(out.detach().float().to(batch.device))
-        return (torch.stack(maps),)  # Captum needs a tuple back when it passes one in
-
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        value = metrics.sensitivity_max(batched, x.detach(), perturb_radius=float(radius),
-                                        n_perturb_samples=n_perturb)
-    return float(value.reshape(-1)[0])
 
 
 # ----- cascading randomisation ---------------------------------------------------------------
@@ -264,9 +199,9 @@ def iter_cascading_randomization(model: nn.Module, x: torch.Tensor, class_idx: i
     """:func:`cascading_randomization` as a generator: each step is yielded as soon as its map is
     scored, and the next group is randomised only when the next step is asked for. The seeded RNG
     is held only while a step computes (the caller's RNG is the caller's between steps)."""
-    stats = _require("scipy.stats", "cascading_randomization")
-    skm = _require("skimage.metrics", "cascading_randomization")
-    _check_image(x)
+    stats = require("scipy.stats", "cascading_randomization")
+    skm = require("skimage.metrics", "cascading_randomization")
+    check_image(x)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     work = copy.deepcopy(model)
@@ -352,14 +287,6 @@ def randomization_strip(steps: Sequence[RandomizationStep], image_uint8: np.ndar
 
 
 # ----- helpers -------------------------------------------------------------------------------
-def _check_image(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[0] != 1 or not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor of shape 1 x C x H x W, got {x.dtype} "
-                         f"{tuple(x.shape)}")
-
-
 def _owns_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 

@@ -15,7 +15,8 @@ import polycam_explorer as pe
 from polycam_explorer import render
 from polycam_explorer.robustness import (Group, RandomizationStep, cascading_randomization,
                                          iter_cascading_randomization, parameter_groups, randomization_groups,
-                                         randomization_strip, sensitivity_max)
+                                         randomization_strip)
+from polycam_explorer.sensitivity import sensitivity_max
 
 LAYER_ORDER = ["features.0", "features.2", "features.4", "fc"]  # parameterised layers, forward order
 

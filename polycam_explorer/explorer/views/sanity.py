@@ -22,7 +22,8 @@ from ... import render
 from ...cache import default_batch_size
 from ...layers import module_device
 from ...compute import compute_mapset
-from ...robustness import (EVAL_HINT, Group, RandomizationStep, iter_cascading_randomization, randomization_groups,
+from ...extras import EVAL_HINT
+from ...robustness import (Group, RandomizationStep, iter_cascading_randomization, randomization_groups,
                            randomization_strip)
 from ..jobs import Jobs, JobTab
 from ..panels import VARIANT_NAMES
