@@ -26,97 +26,16 @@ imported on first use. Zoom-CAM is not offered: it has no maintained package.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-import operator
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_layers, describe_layers, module_device
+from . import baseline_common as common
+from .layers import check_layers
+from .rise import rise
 from .extras import require
-from .model_state import inference_state
-from .models import Classifier, as_classifier, probabilities
-
-# ----- shared plumbing ---------------------------------------------------------------------------
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _optional_batch(value: object) -> int | None:
-    return None if value is None else _positive_int("batch_size", value)
-
-
-def _prepare(model: nn.Module, x: torch.Tensor, class_idx: int) -> tuple[nn.Module, torch.Tensor, int]:
-    """The network, a detached copy of ``x`` on its device, and ``class_idx`` checked against its outputs."""
-    net = as_classifier(model).net
-    device = module_device(net)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be one normalised float image of shape 1 x C x H x W, got {shape}")
-    if isinstance(class_idx, bool):
-        raise TypeError("class_idx must be an int, got bool")
-    try:
-        c = operator.index(class_idx)
-    except TypeError:
-        raise TypeError(f"class_idx must be an int, got {type(class_idx).__name__}") from None
-    x = x.detach().to(device).clone()
-    with inference_state(net):
-        n_classes = probabilities(net(x)).shape[1]
-    if not 0 <= c < n_classes:
-        raise ValueError(f"class_idx must be in 0..{n_classes - 1}, got {c}")
-    return net, x, c
-
-
-def _target_layers(model: nn.Module, net: nn.Module, x: torch.Tensor) -> list[str]:
-    """The discovered target layers (the model's rule), input side first, at the Classifier's input
-    size (else at x's): the layers Poly-CAM uses."""
-    clf = as_classifier(model)
-    size = clf.input_size if isinstance(model, Classifier) else tuple(x.shape[-2:])
-    return [info.name for info in describe_layers(net, size, clf.layer_rule)]
-
-
-def _one_layer(model: nn.Module, net: nn.Module, x: torch.Tensor, target_layer: str | None) -> str:
-    if target_layer is None:
-        return _target_layers(model, net, x)[-1]
-    if not isinstance(target_layer, str):
-        raise TypeError(f"target_layer must be a module name (str) or None, got {type(target_layer).__name__}")
-    return check_layers(net, [target_layer])[0]
-
-
-def _to_input_size(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A ``h x w`` map upsampled bilinearly (``align_corners=False``) to ``x``'s ``H x W``."""
-    cam = cam.detach().float()
-    if tuple(cam.shape) != tuple(x.shape[-2:]):
-        cam = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    return cam
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's global generators for one block and give them back as they were (no-op for None)."""
-    if seed is None:
-        yield
-        return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
-    # manual_seed seeds every CUDA device: hand every one back
-    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
-def _explaining(net: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters frozen, gradients on (for the input copy); every flag restored after."""
-    with inference_state(net), torch.enable_grad():
-        yield
-
 
 # ----- torchcam ----------------------------------------------------------------------------------
 _SCORE_CAMS = ("ScoreCAM", "SSCAM", "ISCAM")  # forward passes only; the others backpropagate
@@ -129,7 +48,7 @@ def _torchcam(cls_name: str, method: str, net: nn.Module, x: torch.Tensor, c: in
     The extractor is a context manager: its hooks are removed on exit, also after an error.
     """
     extractor_cls = getattr(require("torchcam.methods", f"the {method!r} baseline"), cls_name)
-    with _explaining(net), _seeded(seed, x.device), \
+    with common.explaining(net), common.seeded(seed, x.device), \
             extractor_cls(net, target_layer=list(layers), **kwargs) as extractor:
         if cls_name in _SCORE_CAMS:  # one clean pass records the activations and the input
             with torch.no_grad():
@@ -142,9 +61,9 @@ def _torchcam(cls_name: str, method: str, net: nn.Module, x: torch.Tensor, c: in
 
 
 def _single_cam(cls_name: str, method: str, model, x, class_idx, target_layer, **kwargs) -> torch.Tensor:
-    net, x, c = _prepare(model, x, class_idx)
-    layer = _one_layer(model, net, x, target_layer)
-    return _to_input_size(_torchcam(cls_name, method, net, x, c, [layer], **kwargs)[0], x)
+    net, x, c = common.prepare(model, x, class_idx)
+    layer = common.one_layer(model, net, x, target_layer)
+    return common.to_input_size(_torchcam(cls_name, method, net, x, c, [layer], **kwargs)[0], x)
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: str | None = None) -> torch.Tensor:
@@ -175,7 +94,7 @@ def smoothgradcampp(model: nn.Module, x: torch.Tensor, class_idx: int, *, target
     without touching the global generators. Coarsest target layer by default; upsampled to ``H x W``.
     """
     return _single_cam("SmoothGradCAMpp", "smoothgradcampp", model, x, class_idx, target_layer,
-                       num_samples=_positive_int("n_samples", n_samples), std=float(std), seed=seed)
+                       num_samples=common.positive_int("n_samples", n_samples), std=float(std), seed=seed)
 
 
 def scorecam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: str | None = None,
@@ -187,7 +106,7 @@ def scorecam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer:
     Coarsest target layer by default; upsampled to ``H x W``. Non-negative.
     """
     return _single_cam("ScoreCAM", "scorecam", model, x, class_idx, target_layer,
-                       batch_size=_positive_int("batch_size", batch_size))
+                       batch_size=common.positive_int("batch_size", batch_size))
 
 
 def sscam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: str | None = None,
@@ -199,8 +118,8 @@ def sscam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: st
     upsampled to ``H x W``. Non-negative.
     """
     return _single_cam("SSCAM", "sscam", model, x, class_idx, target_layer,
-                       batch_size=_positive_int("batch_size", batch_size),
-                       num_samples=_positive_int("n_samples", n_samples), std=float(std), seed=seed)
+                       batch_size=common.positive_int("batch_size", batch_size),
+                       num_samples=common.positive_int("n_samples", n_samples), std=float(std), seed=seed)
 
 
 def iscam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: str | None = None,
@@ -211,8 +130,8 @@ def iscam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: st
     target layer by default; upsampled to ``H x W``. Non-negative.
     """
     return _single_cam("ISCAM", "iscam", model, x, class_idx, target_layer,
-                       batch_size=_positive_int("batch_size", batch_size),
-                       num_samples=_positive_int("n_steps", n_steps))
+                       batch_size=common.positive_int("batch_size", batch_size),
+                       num_samples=common.positive_int("n_steps", n_steps))
 
 
 def layercam(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_layer: str | None = None) -> torch.Tensor:
@@ -239,9 +158,9 @@ def layercamfusion(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_
     """
     if isinstance(n_scaled, bool) or not isinstance(n_scaled, int) or n_scaled < 0:
         raise ValueError(f"n_scaled must be a non-negative int, got {n_scaled!r}")
-    net, x, c = _prepare(model, x, class_idx)
+    net, x, c = common.prepare(model, x, class_idx)
     if target_layers is None:
-        layers = _target_layers(model, net, x)
+        layers = common.target_layers(model, net, x)
     else:
         layers = check_layers(net, list(target_layers) if not isinstance(target_layers, str) else target_layers)
     cams = _torchcam("LayerCAM", "layercamfusion", net, x, c, layers, normalized=True)
@@ -256,15 +175,15 @@ def layercamfusion(model: nn.Module, x: torch.Tensor, class_idx: int, *, target_
         else:
             fused = F.interpolate(fused, size=cam.shape[-2:], mode="bilinear", align_corners=False)
             fused = torch.maximum(fused, cam)
-    return _to_input_size(fused[0, 0], x)
+    return common.to_input_size(fused[0, 0], x)
 
 
 # ----- Captum ------------------------------------------------------------------------------------
 def _captum(method: str, model, x, class_idx, run: Callable) -> torch.Tensor:
     """Run ``run(captum.attr, net, x, c)`` with the net in eval mode; the attribution summed over channels."""
     attr = require("captum.attr", f"the {method!r} baseline")
-    net, x, c = _prepare(model, x, class_idx)
-    with _explaining(net):
+    net, x, c = common.prepare(model, x, class_idx)
+    with common.explaining(net):
         out = run(attr, net, x.requires_grad_(True), c)  # the copy: Captum then leaves it as it is
     return out.detach()[0].sum(0).float()
 
@@ -277,7 +196,7 @@ def ig(model: nn.Module, x: torch.Tensor, class_idx: int, *, n_steps: int = 50,
     dataset's mean colour in the normalised space), ``batch_size`` = Captum's ``internal_batch_size``.
     Summed over channels; signed.
     """
-    n_steps, batch_size = _positive_int("n_steps", n_steps), _optional_batch(batch_size)
+    n_steps, batch_size = common.positive_int("n_steps", n_steps), common.optional_batch(batch_size)
     return _captum("ig", model, x, class_idx, lambda attr, net, x, c: attr.IntegratedGradients(net).attribute(
         x, target=c, n_steps=n_steps, internal_batch_size=batch_size))
 
@@ -300,10 +219,10 @@ def sg(model: nn.Module, x: torch.Tensor, class_idx: int, *, n_samples: int = 50
     Saliency takes absolute gradients, so the map, summed over channels, is non-negative. ``seed``
     (optional) fixes the noise without touching the global generators.
     """
-    n_samples, batch_size = _positive_int("n_samples", n_samples), _optional_batch(batch_size)
+    n_samples, batch_size = common.positive_int("n_samples", n_samples), common.optional_batch(batch_size)
 
     def run(attr, net, x, c):
-        with _seeded(seed, x.device):
+        with common.seeded(seed, x.device):
             return attr.NoiseTunnel(attr.Saliency(net)).attribute(
                 x, nt_type="smoothgrad", nt_samples=n_samples, nt_samples_batch_size=batch_size,
                 stdevs=float(std), target=c)
@@ -321,8 +240,8 @@ def occlusion(model: nn.Module, x: torch.Tensor, class_idx: int, *, window: int 
     Raises:
         ValueError: if the window is larger than the image.
     """
-    window, stride = _positive_int("window", window), _positive_int("stride", stride)
-    batch_size = _positive_int("batch_size", batch_size)
+    window, stride = common.positive_int("window", window), common.positive_int("stride", stride)
+    batch_size = common.positive_int("batch_size", batch_size)
 
     def run(attr, net, x, c):
         if window > min(x.shape[-2:]):
@@ -332,75 +251,6 @@ def occlusion(model: nn.Module, x: torch.Tensor, class_idx: int, *, window: int 
                                              strides=(channels, stride, stride), target=c,
                                              perturbations_per_eval=batch_size)
     return _captum("occlusion", model, x, class_idx, run)
-
-
-# ----- RISE --------------------------------------------------------------------------------------
-def _rise_draw(n_masks: int, grid: int, p: float, size: Sequence[int], seed: int | None):
-    """The random part of RISE: ``n x grid x grid`` kept cells and ``n x 2`` shifts, drawn in one go."""
-    generator = torch.Generator()
-    generator.manual_seed(seed) if seed is not None else generator.seed()
-    cell = (math.ceil(size[0] / grid), math.ceil(size[1] / grid))
-    cells = torch.rand(n_masks, grid, grid, generator=generator) < p
-    shifts = torch.stack([torch.randint(0, cell[0], (n_masks,), generator=generator),
-                          torch.randint(0, cell[1], (n_masks,), generator=generator)], dim=1)
-    return cells, shifts, cell
-
-
-def _rise_upsample(cells: torch.Tensor, shifts: torch.Tensor, cell: Sequence[int], size: Sequence[int],
-                   device: torch.device) -> torch.Tensor:
-    """Masks ``n x 1 x H x W``: each grid upsampled to ``(grid + 1) * cell`` and cropped at its shift."""
-    grid = cells.shape[-1]
-    up = F.interpolate(cells[:, None].to(device=device, dtype=torch.float32),
-                       size=((grid + 1) * cell[0], (grid + 1) * cell[1]), mode="bilinear", align_corners=False)
-    h, w = size
-    return torch.stack([up[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
-
-
-def _check_rise(n_masks, grid, p, size) -> None:
-    _positive_int("n_masks", n_masks)
-    _positive_int("grid", grid)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
-    if grid > min(size):
-        raise ValueError(f"grid ({grid} cells) must not exceed the image size {tuple(size)}")
-
-
-def rise_masks(n_masks: int, size: Sequence[int], *, grid: int = 8, p: float = 0.1,
-               seed: int | None = 0) -> torch.Tensor:
-    """The ``n_masks x 1 x H x W`` masks that :func:`rise` uses with the same arguments (CPU)."""
-    size = (int(size[0]), int(size[1]))
-    _check_rise(n_masks, grid, p, size)
-    cells, shifts, cell = _rise_draw(n_masks, grid, float(p), size, seed)
-    return _rise_upsample(cells, shifts, cell, size, torch.device("cpu"))
-
-
-def rise(model: nn.Module, x: torch.Tensor, class_idx: int, *, n_masks: int = 6000, grid: int = 8, p: float = 0.1,
-         seed: int | None = 0, batch_size: int = 100) -> torch.Tensor:
-    """RISE (Petsiuk, Das and Saenko, BMVC 2018), written here: no maintained library has it.
-
-    ``N = n_masks`` binary ``s x s`` grids (``s = grid``) keep each cell with probability ``p``;
-    each is upsampled bilinearly to ``(s + 1) * C`` (``C = ceil(H / s)``, per axis) and cropped to
-    ``H x W`` at a random shift in ``[0, C)``. The map is ``sum_i f_c(X * M_i) M_i / (N p)`` with
-    ``f_c`` the class probability (softmax, or sigmoid for one logit) and ``X * M_i`` taken in the
-    normalised space (hidden pixels get the mean colour). Paper settings: N = 6000, s = 8, p = 0.1.
-    Masks come from a generator seeded with ``seed`` (``None``: fresh randomness), drawn before any
-    batching, so the map does not depend on ``batch_size``. Upsampling is torch's bilinear with
-    ``align_corners=False`` (the RISE code uses skimage's, which reflects instead of clamping at the
-    border). Non-negative.
-    """
-    net, x, c = _prepare(model, x, class_idx)
-    size = tuple(x.shape[-2:])
-    _check_rise(n_masks, grid, p, size)
-    batch_size = _positive_int("batch_size", batch_size)
-    cells, shifts, cell = _rise_draw(n_masks, grid, float(p), size, seed)
-    total = torch.zeros(size[0] * size[1], device=x.device)
-    with inference_state(net):
-        for start in range(0, n_masks, batch_size):
-            stop = min(start + batch_size, n_masks)
-            masks = _rise_upsample(cells[start:stop], shifts[start:stop], cell, size, x.device)
-            scores = probabilities(net(x * masks))[:, c]
-            total += scores @ masks.reshape(stop - start, -1)
-    return (total / (n_masks * float(p))).reshape(size).float()
 
 
 # ----- by name -----------------------------------------------------------------------------------

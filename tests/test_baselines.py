@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import polycam_explorer as pe
-from polycam_explorer import baselines
+from polycam_explorer import baselines, rise
 from polycam_explorer.baselines import METHODS, saliency
 
 from conftest import DATA, TinyNet
@@ -247,7 +247,7 @@ class ConstantNet(nn.Module):
 
 def test_rise_is_the_mask_average_weighted_by_the_score(tiny_x):
     # f_c = 1/2 everywhere: the map is 1/2 * sum_i M_i / (N p), with exactly rise_masks' masks
-    masks = baselines.rise_masks(60, (16, 16), grid=4, p=0.25, seed=3)
+    masks = rise.rise_masks(60, (16, 16), grid=4, p=0.25, seed=3)
     assert masks.shape == (60, 1, 16, 16) and masks.min() >= 0 and masks.max() <= 1
     assert abs(float(masks.mean()) - 0.25) < 0.05
     assert not torch.equal(masks, masks.round())  # bilinear, not binary
