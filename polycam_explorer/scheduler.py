@@ -40,11 +40,6 @@ class Priority:
         self._running = 0
         self._changed = threading.Condition()
 
-    @property
-    def foreground_running(self) -> int:
-        with self._changed:
-            return self._running
-
     @contextlib.contextmanager
     def foreground(self) -> Iterator[None]:
         """Mark a block as foreground work: background work pauses until it ends."""
