@@ -1,0 +1,109 @@
+"""``polycam-explorer explain IMAGE --out DIR``: top classes, an overlay PNG per variant and depth,
+a summary grid and a JSON report for one image."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import render
+from .cache import default_batch_size
+from .compute import compute_mapset
+from .files import atomic_write
+from .images import load_image
+from .layers import module_device
+from .models import load_model, probabilities
+
+VARIANT_FILE_NAMES = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}
+
+
+def _class_index(model, x: torch.Tensor, spec: str | None) -> int | None:
+    """``None`` -> None (the top-1, known after the sweep); an index; or a class name
+    (case-insensitive). Checked against the model's outputs (one forward pass) before any sweep.
+
+    Raises:
+        ValueError: an index out of range or an unknown name, saying what is accepted.
+    """
+    if spec is None:
+        return None
+    with torch.no_grad():
+        n_classes = probabilities(model(x.to(module_device(model)))).shape[1]
+    if spec.strip().isdigit():
+        if int(spec) >= n_classes:
+            raise ValueError(f"--class {spec} is out of range: this model has {n_classes} classes, "
+                             f"indices 0..{n_classes - 1} (or give a class name)")
+        return int(spec)
+    names = [model.class_name(i).lower() for i in range(n_classes)]
+    if spec.strip().lower() not in names:
+        raise ValueError(f"--class {spec!r} is neither a class index (0..{n_classes - 1}) nor a class "
+                         "name of this model")
+    return names.index(spec.strip().lower())
+
+
+OVERLAY_MAX = 1024  # the longest side of explain's overlays (the original's when smaller)
+
+
+def _fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """``size``'s aspect ratio with the longest side ``longest``."""
+    h, w = size
+    scale = longest / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
+            model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
+            batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
+            progress: bool = True, layer_rule: str | None = None, backend: str = "auto") -> dict:
+    """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid.
+
+    The maps are computed at the model's input size (the whole image resized) and laid back onto
+    the photo's own frame: overlays keep the original aspect ratio, longest side the original's
+    capped at :data:`OVERLAY_MAX` (the summary's tiles: the model's input size as longest side).
+    The output folder and the class are checked before the sweep (ValueError naming them).
+    """
+    from .runs import writable_folder
+
+    out_dir = writable_folder(out)
+    model = load_model(model_name, weights, layer_rule=layer_rule)
+    x = load_image(image, model, size=size)
+    device = module_device(model)
+    c = _class_index(model, x, class_spec)
+    ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress,
+                        backend=backend)
+    if c is None:
+        c = ms.topk(1)[0][0]
+    stem = Path(image).stem
+    original = render.image_uint8(load_image(image, size=0), (0.5,) * 3, (0.5,) * 3)  # the photo, as read
+    ms.frame = original.shape[:2]  # saved with the map set: its maps are drawn back onto the photo
+    frame = _fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
+    thumb = _fitted_size(original.shape[:2], max(ms.size))
+    picture, small = render.fit_picture(original, frame), render.fit_picture(original, thumb)
+    rows, files = [], []
+    for variant in variants:
+        row = []
+        for depth, layer in enumerate(reversed(ms.layers), start=1):
+            saliency = ms.saliency(c, variant, depth)
+            tile = render.overlay(picture, render.resize_map(saliency, frame), cmap)
+            path = out_dir / f"{stem}_{VARIANT_FILE_NAMES[variant]}_depth{depth}_{layer}.png"
+            render.save_png(tile, path)
+            files.append(str(path))
+            row.append(render.overlay(small, render.resize_map(saliency, thumb), cmap))
+        rows.append(row)
+    labels = [f"{l} ({ms.activations[i].shape[-2]}x{ms.activations[i].shape[-1]})"
+              for i, l in reversed(list(enumerate(ms.layers)))]
+    summary = render.grid([[small] + r for r in rows],
+                          row_labels=[VARIANT_FILE_NAMES[v].upper() for v in variants],
+                          col_labels=["image"] + [f"d{d}: {lab}" for d, lab in enumerate(labels, 1)])
+    render.save_png(summary, out_dir / f"{stem}_summary.png")
+    if save_mapset:
+        ms.save(out_dir / f"{stem}.mapset.npz", fp16=True)
+    report = {"image": image, "model": ms.model_name, "layers": ms.layers, "explained_class": c,
+              "explained_name": ms.class_names[c], "frame": list(original.shape[:2]), "overlay_size": list(frame),
+              "top5": [{"index": i, "name": n, "probability": p} for i, n, p in ms.topk(5)],
+              "forward_passes": ms.stats.get("forward_passes"), "naive_passes": ms.stats.get("naive_passes"),
+              "files": files + [str(out_dir / f"{stem}_summary.png")]}
+    with atomic_write(out_dir / f"{stem}_explain.json") as f:
+        f.write(json.dumps(report, indent=2).encode())
+    return report
