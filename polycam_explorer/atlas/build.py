@@ -209,7 +209,8 @@ def row_of(ms: MapSet, *, thumb_size: int = THUMB_SIZE, map_size: int = MAP_SIZE
     plus, minus = full["+"], full["-"]
     small = torch.stack([F.interpolate(full[v][None, None].float(), size=(map_size, map_size), mode="area")[0, 0]
                          for v in VARIANTS])
-    picture = render.overlay(render.image_uint8(ms.image, ms.mean, ms.std), full["+-"], "turbo", 0.5)
+    image = render.image_uint8(ms.image, ms.mean, ms.std)
+    picture = render.overlay(image, full["+-"], "turbo", 0.5)
     return {
         "model_name": ms.model_name, "model_id": ms.model_id, "height": ms.size[0], "width": ms.size[1],
         "n_layers": len(ms.layers), "n_classes": ms.num_classes, "pred_class": c, "pred_name": top[0][1],
@@ -217,6 +218,7 @@ def row_of(ms: MapSet, *, thumb_size: int = THUMB_SIZE, map_size: int = MAP_SIZE
         "context": float((minus - plus).clamp(min=0).mean()), "plus_minus_diff": float((minus - plus).abs().mean()),
         "layers": json.dumps(ms.layers), "maps": small.cpu().numpy().astype(np.float16).tobytes(),
         "map_size": map_size, "thumbnail": thumbnail_bytes(picture, thumb_size), "thumb_format": "jpeg",
+        "picture": thumbnail_bytes(image, thumb_size),
     }
 
 

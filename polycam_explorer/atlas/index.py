@@ -211,6 +211,11 @@ class Index:
         PCAM± overlay), by file."""
         return self._blobs("thumbnail", rows)
 
+    def pictures(self, rows: Iterable[Row | str]) -> dict[str, bytes]:
+        """JPEG bytes of each row's bare image at its thumbnail's size (no overlay), by file: the
+        atlas grid lays any variant's small map over it."""
+        return self._blobs("picture", rows)
+
     def thumbnail(self, row: Row | str) -> np.ndarray:
         """One thumbnail decoded: ``h x w x 3`` uint8."""
         from PIL import Image

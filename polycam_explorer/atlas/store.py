@@ -8,7 +8,8 @@ One file ``<DIR>/.polycam-atlas.sqlite`` (WAL journal) beside the map sets. Tabl
   the top-5 classes, the label and whether the top class matches it, per-variant Ins-Del (NULL
   until evaluated) and context reliance (how much PCAM- exceeds PCAM+).
 - ``blobs``: per file of ``mapsets``, its layers, small predicted-class maps per variant (float16,
-  aligned on the input frame, for aggregates) and a thumbnail (JPEG); kept apart so that sorting
+  aligned on the input frame, for aggregates), a thumbnail (JPEG) and the bare image at the
+  thumbnail's size (JPEG, for the atlas grid's overlay of any variant); kept apart so that sorting
   and filtering scan only the light rows.
 - ``skipped``: files that are not readable map sets, with the version seen and the reason, so they
   are not read again until they change.
@@ -24,7 +25,7 @@ import sqlite3
 from pathlib import Path
 
 FILE_NAME = ".polycam-atlas.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VARIANTS = ("+", "-", "+-")
 INSDEL_COLUMN = {"+": "insdel_plus", "-": "insdel_minus", "+-": "insdel_pm"}
 
@@ -40,7 +41,7 @@ ROW_COLUMNS = (
     ("context", "REAL NOT NULL"), ("plus_minus_diff", "REAL NOT NULL"),
 )
 BLOB_COLUMNS = (("file", "TEXT PRIMARY KEY"), ("layers", "TEXT NOT NULL"), ("maps", "BLOB NOT NULL"), ("map_size", "INTEGER NOT NULL"),
-                ("thumbnail", "BLOB NOT NULL"), ("thumb_format", "TEXT NOT NULL"))
+                ("thumbnail", "BLOB NOT NULL"), ("thumb_format", "TEXT NOT NULL"), ("picture", "BLOB NOT NULL"))
 
 
 def db_path(folder: str | Path) -> Path:
