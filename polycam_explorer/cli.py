@@ -106,6 +106,8 @@ def _index_arguments(sub) -> None:
     i.add_argument("folder", help="folder of *.mapset.npz files (searched recursively)")
     i.add_argument("--labels", help="csv of image,label rows, or 'folders' for class-named subfolders "
                                     "(default: the labels of the previous build)")
+    i.add_argument("--report", metavar="FILE.html",
+                   help="then write a self-contained HTML report of every indexed map set (to share)")
     i.add_argument("--no-progress", action="store_true")
 
 
@@ -117,9 +119,13 @@ def _index(args: argparse.Namespace) -> None:
     print(f"{args.folder}: {report.summary()}")
     for file, reason in report.skipped_files.items():
         print(f"  skipped {file}: {reason}")
-    for model_id, name, count in index.models():
-        print(f"  model {name} ({model_id}): {count} map sets")
-    index.close()
+    with index:
+        for model_id, name, count in index.models():
+            print(f"  model {name} ({model_id}): {count} map sets")
+        if args.report:
+            from .atlas.report import write_report
+
+            print(f"report: {write_report(index, index.rows(), args.report)}")
 
 
 def _layer_rule_argument(p: argparse.ArgumentParser) -> None:
