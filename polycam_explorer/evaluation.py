@@ -18,6 +18,8 @@ an interrupted write are removed. The model's name is made safe for file names
 (:func:`runs.file_label`), and list entries must stay inside the image folder (symbolic links inside
 it are followed). Both steps run under ``torchrun --nproc-per-node N``: each rank takes every
 N-th image, writes its own part files, and rank 0 merges them after a barrier.
+When the map sets have an atlas index (``generate --save-mapsets`` keeps one in ``OUT/mapsets``),
+``evaluate`` records each image's Ins-Del of the full-depth PCAM+, PCAM- and PCAM± maps in it.
 """
 from __future__ import annotations
 
@@ -306,10 +308,26 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     dist.barrier()
     if dist.rank != 0:
         return None
-    rows = [dict(_merge_scores(out, stem, {n: part(stem, maps, n) for n in names}), model=model.name,
-                 method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem) for stem, maps in loaded]
+    merged = [_merge_scores(out, stem, {n: part(stem, maps, n) for n in names}) for stem, maps in loaded]
+    rows = [dict(summary, model=model.name, method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem)
+            for (stem, _), (summary, _) in zip(loaded, merged)]
     _write_summary(out, rows)
+    _record_in_atlas([out / "mapsets", *(f.parent / "mapsets" for f in files)], settings["model_id"],
+                     {r["method"]: (records, maps) for r, (_, records), (_, maps) in zip(rows, merged, loaded)})
     return rows
+
+
+def _record_in_atlas(folders: list[Path], model_id: str, results: dict[str, tuple[dict, dict]]) -> None:
+    """Each image's Ins-Del of its full-depth PCAM maps into the atlas index of its map sets, where
+    there is one (``generate --save-mapsets`` keeps it in ``OUT/mapsets``). ``results``: method ->
+    (part records, maps) by image name."""
+    from .atlas.evaluated import Score, record_insdel
+
+    scores = {VARIANT_OF[method]: {n: Score(r["class"], maps[n].shape[-2:], r["ins_auc"] - r["del_auc"])
+                                   for n, r in records.items()}
+              for method, (records, maps) in results.items() if method in VARIANT_OF}
+    if scores:
+        record_insdel(folders, model_id, scores)
 
 
 def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict, classes: dict, n_steps: int,
@@ -342,7 +360,8 @@ def _csv_text(rows: dict[str, Sequence[float]]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> dict:
+def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> tuple[dict, dict]:
+    """The csv files of one npz file; returns its summary row and each image's part record."""
     records = {}
     for name, part in parts.items():
         if not part.is_file():
@@ -355,7 +374,7 @@ def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> dict:
             f.write(_csv_text({n: r[kind] for n, r in records.items()}))
     ins = float(np.mean([r["ins_auc"] for r in records.values()]))
     dele = float(np.mean([r["del_auc"] for r in records.values()]))
-    return {"file": stem, "images": len(records), "insertion": ins, "deletion": dele, "ins_del": ins - dele}
+    return {"file": stem, "images": len(records), "insertion": ins, "deletion": dele, "ins_del": ins - dele}, records
 
 
 def _write_summary(out: Path, rows: Sequence[dict]) -> None:
