@@ -14,10 +14,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``pe.Explorer`` and ``pe.explore`` need the widget extra; import them on first use."""
+    """``pe.Explorer``, ``pe.explore`` and ``pe.Atlas`` need the widget extra; import them on first use."""
     if name == "Explorer":
         from .explorer import Explorer
         return Explorer
+    if name == "Atlas":  # the dataset atlas widget
+        from .atlas.widget import Atlas
+        return Atlas
     if name == "explore":
         from .explorer.explore import explore
         return explore
@@ -29,7 +32,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "atlas", "compute_mapset",
-    "deletion", "describe_layers", "explore", "find_target_layers", "insertion", "iter_mapset",
+    "Atlas", "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "atlas",
+    "compute_mapset", "deletion", "describe_layers", "explore", "find_target_layers", "insertion", "iter_mapset",
     "load_image", "load_model", "mapset_for", "model_fingerprint",
 ]

@@ -1,0 +1,272 @@
+"""``pe.Atlas``: a paged grid of a folder's map sets (thumbnails with the chosen variant's map),
+sorted and filtered in the index, with the explorer of the clicked image beside it; or two models'
+maps of the same images side by side, sorted by how much they disagree."""
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import ipywidgets as W
+import torch
+
+from ..explorer import Explorer
+from ..explorer.canvas import FrameCanvas
+from ..explorer.panels import VARIANT_OPTIONS
+from ..explorer.views.export import default_export_dir, unique_path
+from ..render import COLORMAPS
+from .compare import Pair
+from .grid import GridLayout, page_of
+from .index import Index
+from .report import write_report
+from .selection import DISAGREEMENT, SORTS, Item, Query, Selection, open_or_build
+
+Source = str | os.PathLike | Index
+CORRECT_OPTIONS = (("correct or not", "any"), ("correct", "correct"), ("incorrect", "incorrect"),
+                   ("unlabelled", "unlabelled"))
+_CORRECT_FILTERS = {"any": {}, "correct": {"correct": True}, "incorrect": {"correct": False},
+                    "unlabelled": {"labelled": False}}
+
+
+def as_index(source: Source) -> tuple[Index, bool]:
+    """``(index, opened here)``: an Index as given, or a folder's (:func:`~.selection.open_or_build`).
+
+    Raises:
+        TypeError: neither. ValueError: not a folder.
+    """
+    if isinstance(source, Index):
+        return source, False
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"the atlas takes a folder of map sets or a pe.atlas.Index, got {type(source).__name__}")
+    return open_or_build(source), True
+
+
+def _positive(name: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+class Atlas(W.HBox):
+    """The dataset atlas: a paged grid of thumbnails (each image with its predicted class's
+    full-depth map of the chosen variant), sorted and filtered in the index; a click opens that
+    map set in an :class:`~polycam_explorer.explorer.Explorer` beside the grid.
+
+    Args:
+        folder_or_index: a folder of map sets (its index is opened; built first if it has none:
+            bring a stale one up to date with ``pe.atlas.build_index``) or a ``pe.atlas.Index``.
+        model: the classifier that made the map sets, given to the explorer (for its curves,
+            sanity check and baselines). Not with ``compare``.
+        compare: a second folder or Index (another model on the same images): each tile shows
+            both maps (A | B), rows paired by image name and sorted by how much the maps disagree
+            (1 - Pearson r of the small maps of the shown variant; see :mod:`.compare`); a click
+            opens both map sets in one explorer (its image picker switches model).
+        page_size: tiles per page; columns: tiles per row (default 8; 4 comparing); variant:
+        ``"+"``, ``"-"`` or ``"+-"``; cmap: the maps' colormap; panel_size: the explorer's;
+        export_dir: where the explorer's exports and the HTML report go (default
+        ``$POLYCAM_EXPLORER_EXPORTS`` or ``./polycam_exports``).
+
+    Raises:
+        ValueError: a folder that does not exist, a bad size, ``model`` with ``compare``.
+    """
+
+    def __init__(self, folder_or_index: Source, *, model: torch.nn.Module | None = None,
+                 compare: Source | None = None, page_size: int = 48, columns: int | None = None,
+                 variant: str = "+-",
+                 cmap: str = "turbo", panel_size: int = 320,
+                 export_dir: str | os.PathLike | None = None) -> None:
+        if model is not None and compare is not None:
+            raise ValueError("model= is for one folder: comparing, the explorer holds two models' map sets "
+                             "and computes no curves")
+        self.page_size = _positive("page_size", page_size)
+        self.columns = _positive("columns", columns if columns is not None else (4 if compare is not None else 8))
+        self.model, self.panel_size = model, panel_size
+        self.export_dir = Path(export_dir).expanduser().resolve() if export_dir is not None else default_export_dir()
+        self._owned: list[Index] = []
+        self.index = self._open(folder_or_index)
+        self.other = self._open(compare) if compare is not None else None
+        self.selection = Selection(self.index, self.other)
+        self.items: list[Item] = []  # the tiles on screen, in order
+        self.layout_grid: GridLayout | None = None
+        self.explorer: Explorer | None = None
+        self.opened: Item | None = None  # the item shown in the explorer
+        self._muted = False
+        self._build_controls(variant, cmap)
+        self.canvas = FrameCanvas((1, 1), on_click=self.click)
+        self.status = W.HTML()
+        self.explorer_box = W.VBox()
+        grid = W.VBox([W.HBox([self.variant, self.cmap]), W.HBox([self.sort, self.descending]),
+                       W.HBox([self.klass, self.label, self.correct]), self.confidence,
+                       W.HBox([self.previous, self.page, self.pages_label, self.next, self.count]),
+                       self.canvas.canvas, W.HBox([self.report_button, self.report_link]), self.status])
+        super().__init__([grid, self.explorer_box],
+                         layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+        self.refresh()
+
+    def _open(self, source: Source) -> Index:
+        index, owned = as_index(source)
+        if owned:
+            self._owned.append(index)
+        return index
+
+    def _build_controls(self, variant: str, cmap: str) -> None:
+        sorts = ([DISAGREEMENT] if self.other is not None else []) + list(SORTS)
+        self.variant = W.ToggleButtons(options=VARIANT_OPTIONS, value=Query(variant=variant).variant,
+                                       description="variant", style={"button_width": "64px"})
+        self.cmap = W.Dropdown(options=list(COLORMAPS), value=cmap, description="colormap",
+                               layout=W.Layout(width="200px"))
+        self.sort = W.Dropdown(options=sorts, value=sorts[0][1], description="sort by")
+        self.descending = W.Checkbox(value=True, description="highest first", indent=False)
+        self.klass = W.Dropdown(options=[("all classes", -1)] + [(f"{name} ({n})", c) for c, name, n in
+                                                                 self.index.classes()], description="class")
+        self.label = W.Dropdown(options=[("all labels", ())] + [(f"{label} ({n})", (label,)) for label, n in
+                                                                self.index.labels()], description="label")
+        self.correct = W.Dropdown(options=CORRECT_OPTIONS, value="any", description="correct")
+        self.confidence = W.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.01,
+                                             description="confidence", continuous_update=False,
+                                             layout=W.Layout(width="420px"))
+        self.previous = W.Button(description="◀", tooltip="previous page", layout=W.Layout(width="40px"))
+        self.next = W.Button(description="▶", tooltip="next page", layout=W.Layout(width="40px"))
+        self.page = W.BoundedIntText(value=1, min=1, max=1, description="page", layout=W.Layout(width="130px"))
+        self.pages_label, self.count = W.HTML(), W.HTML()
+        self.report_button = W.Button(description="export HTML report", icon="file",
+                                      tooltip="the images matching the filters, in the grid's order, as one "
+                                              "self-contained HTML file")
+        self.report_link = W.HTML()
+        self.report_button.on_click(lambda _: self.export_report())
+        for control in (self.sort, self.descending, self.klass, self.label, self.correct, self.confidence):
+            control.observe(lambda _: self.refresh(), names="value")
+        for control in (self.variant, self.cmap):
+            control.observe(lambda _: self.refresh(keep_page=True), names="value")
+        self.page.observe(lambda _: None if self._muted else self.draw(), names="value")
+        self.previous.on_click(lambda _: self._turn(-1))
+        self.next.on_click(lambda _: self._turn(+1))
+
+    # ----- what is shown ---------------------------------------------------------------------
+    def query(self) -> Query:
+        """The controls as a :class:`~.selection.Query`."""
+        filters = dict(_CORRECT_FILTERS[self.correct.value])
+        if self.klass.value != -1:
+            filters["pred_class"] = self.klass.value
+        if self.label.value:
+            filters["label"] = list(self.label.value)
+        low, high = self.confidence.value
+        if low > 0.0:
+            filters["min_confidence"] = low
+        if high < 1.0:
+            filters["max_confidence"] = high
+        return Query(self.sort.value, self.descending.value, self.variant.value, filters)
+
+    def refresh(self, keep_page: bool = False) -> None:
+        """Count the matching images again and draw the first page (``keep_page``: the same page)."""
+        query = self.query()
+        matching, total = self.selection.count(query), self.selection.total()
+        what = "pairs of images" if self.other is not None else "images"
+        self.count.value = f"<b>{matching}</b> of {total} {what}"
+        pages = self.selection.pages(query, self.page_size)
+        with self._mute():
+            self.page.max = pages
+            if not keep_page:
+                self.page.value = 1
+        self.pages_label.value = f"of {pages}"
+        self.draw()
+
+    def draw(self) -> None:
+        """Fetch and draw the current page's tiles (their pictures and small maps only)."""
+        query = self.query()
+        self.items = self.selection.page(query, self.page.value, self.page_size)
+        marked = next((i for i, item in enumerate(self.items) if _same(item, self.opened)), None)
+        pixels, self.layout_grid = page_of(self.items, self.index, self.other, variant=query.variant,
+                                           cmap=self.cmap.value, sort=query.sort, columns=self.columns,
+                                           marked=marked)
+        self.canvas.resize(pixels.shape[:2])
+        self.canvas.draw(pixels)
+        self.previous.disabled = self.page.value <= 1
+        self.next.disabled = self.page.value >= self.page.max
+
+    def _turn(self, step: int) -> None:
+        self.page.value = min(max(1, self.page.value + step), self.page.max)
+
+    @contextlib.contextmanager
+    def _mute(self) -> Iterator[None]:
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
+
+    def export_report(self) -> Path | None:
+        """Write the HTML report (``pe.atlas.report``) of the images matching the filters, in the
+        grid's order, with the variant shown (model A's rows when comparing) into ``export_dir``;
+        show its path. Errors go to the status line (and None is returned)."""
+        query = self.query()
+        rows = [item.a if isinstance(item, Pair) else item for item in self.selection.items(query)]
+        try:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            path = write_report(self.index, rows, unique_path(self.export_dir, "atlas_report", ".html"),
+                                variant=query.variant)
+        except (ValueError, OSError) as exc:
+            self.status.value = f"<span style='color:#b00'>report not written: {exc}</span>"
+            return None
+        self.report_link.value = f"<span style='font-size:90%'>saved <code>{html.escape(str(path))}</code></span>"
+        return path
+
+    # ----- opening an image ------------------------------------------------------------------
+    def click(self, x: float, y: float) -> None:
+        """A click on the grid at page pixel ``(x, y)``: open the tile under it, if any."""
+        if self.layout_grid is None:
+            return
+        i = self.layout_grid.tile_at(x, y, len(self.items))
+        if i is not None:
+            self.explore(self.items[i])
+
+    def explore(self, item: Item | int) -> Explorer | None:
+        """Open an item (a row, a pair, or a tile's place on the page) in a new explorer beside the
+        grid, closing the previous one. Errors (a map set gone since indexing) go to the status line."""
+        item = self.items[item] if isinstance(item, int) else item
+        try:
+            if isinstance(item, Pair):
+                named = {f"{item.image} (A: {item.a.model_name})": self.index.open_mapset(item.a),
+                         f"{item.image} (B: {item.b.model_name})": self.other.open_mapset(item.b)}
+            else:
+                named = {item.image: self.index.open_mapset(item)}
+        except (ValueError, OSError) as exc:
+            self.status.value = f"<span style='color:#b00'>cannot open {item.image}: {exc}</span>"
+            return None
+        self._close_explorer()
+        self.explorer = Explorer(named, model=self.model, size=self.panel_size, export_dir=self.export_dir)
+        self.explorer.state.variant = self.variant.value
+        self.opened = item
+        self.explorer_box.children = (self.explorer,)
+        self.status.value = f"opened <b>{item.image}</b>"
+        self.draw()  # its tile framed
+        return self.explorer
+
+    def _close_explorer(self) -> None:
+        if self.explorer is not None:
+            self.explorer_box.children = ()
+            self.explorer.close()
+            self.explorer, self.opened = None, None
+
+    def close(self) -> None:
+        """Close the explorer, the controls and the indexes this atlas opened."""
+        for index in self.__dict__.get("_owned", []):
+            index.close()
+        self._owned = []
+        if "canvas" not in self.__dict__:  # the constructor raised; Widget.__del__ still calls close()
+            super().close()
+            return
+        self._close_explorer()
+        for widget in (self.variant, self.cmap, self.sort, self.descending, self.klass, self.label, self.correct,
+                       self.confidence, self.previous, self.next, self.page, self.pages_label, self.count,
+                       self.report_button, self.report_link, self.canvas.canvas, self.status, self.explorer_box):
+            widget.close()
+        super().close()
+
+
+def _same(item: Item, opened: Item | None) -> bool:
+    if opened is None or type(item) is not type(opened):
+        return False
+    return item.a.file == opened.a.file if isinstance(item, Pair) else item.file == opened.file

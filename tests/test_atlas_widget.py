@@ -1,0 +1,278 @@
+"""The atlas widget: what the grid shows after each control (sort against a plain sorted() over
+Index.rows(), filter counts, pages), a click opening the right map set in an Explorer, and two
+models compared image by image; on map sets of tiny models."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet
+
+import polycam_explorer as pe
+from polycam_explorer.atlas import build_index
+from polycam_explorer.atlas.grid import MARK, decode, overlay_tile
+from polycam_explorer.atlas.widget import Atlas
+
+N = 8  # images in folder A
+
+
+def _model(seed: int) -> pe.Classifier:
+    return pe.Classifier(TinyNet(seed=seed).eval(), name=f"tiny{seed}", mean=(0.5,) * 3, std=(0.5,) * 3,
+                         input_size=(16, 16), class_names=[f"c{i}" for i in range(5)])
+
+
+def _x(i: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(i)
+    return torch.randn(1, 3, 16, 16, generator=g) * (1 + i % 4 * 3) + (i % 3 - 1) * 2
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A: 8 images by three tiny models (so several predicted classes), labelled (right, wrong, or
+    not), some with Ins-Del; B: another model's map sets of images 0-5 and of one image not in A."""
+    root = tmp_path_factory.mktemp("atlas")
+    a, b = root / "A", root / "B"
+    a.mkdir(), b.mkdir()
+    makers = [_model(0)] * 3 + [_model(2)] * 2 + [_model(3)] * 3
+    for i, model in enumerate(makers):
+        pe.compute_mapset(model, _x(i), progress=False).save(a / f"img{i}.mapset.npz")
+    other = _model(1)
+    for i in list(range(6)) + [11]:
+        pe.compute_mapset(other, _x(i), progress=False).save(b / f"img{i}.mapset.npz")
+    index = build_index(a, progress=False)
+    rows = index.rows(sort="file")
+    labels = {}
+    for k, row in enumerate(rows):
+        if k % 3 == 0:
+            labels[row.image] = row.pred_name  # right
+        elif k % 3 == 1:
+            labels[row.image] = "c4" if row.pred_name != "c4" else "c0"  # wrong
+    index.close()
+    index = build_index(a, labels=labels, progress=False)
+    for k, row in enumerate(index.rows(sort="file")[:5]):
+        index.set_insdel(row, {"+-": 0.1 * k, "+": 0.5 - 0.05 * k})
+    index.close()
+    build_index(b, progress=False).close()
+    return a, b
+
+
+@pytest.fixture
+def atlas(folders, tmp_path):
+    widget = Atlas(folders[0], page_size=3, columns=2, export_dir=tmp_path)
+    yield widget
+    widget.close()
+
+
+def _all_items(atlas: Atlas) -> list:
+    seen = []
+    for number in range(1, atlas.page.max + 1):
+        atlas.page.value = number
+        seen += atlas.items
+    return seen
+
+
+def _plain_sort(rows, key: str, descending: bool, variant: str = "+-") -> list[str]:
+    """Index.query's order, computed by hand: missing values last, ties by file."""
+    value = (lambda r: r.insdel(variant)) if key == "insdel" else (lambda r: getattr(r, key))
+    present = sorted((r for r in rows if value(r) is not None), key=lambda r: r.file)
+    present.sort(key=value, reverse=descending)
+    return [r.file for r in present] + sorted(r.file for r in rows if value(r) is None)
+
+
+def _tile(atlas: Atlas, i: int) -> np.ndarray:
+    x, y = atlas.layout_grid.origin(i)
+    return atlas.canvas.pixels[y: y + atlas.layout_grid.tile_w, x: x + atlas.layout_grid.tile_w]
+
+
+def _expected_tile(index, row, variant: str) -> np.ndarray:
+    v = ("+", "-", "+-").index(variant)
+    return overlay_tile(decode(index.pictures([row])[row.file]), index.small_maps([row])[row.file][v])
+
+
+def test_the_grid_opens_on_the_first_page_with_a_count(atlas):
+    assert atlas.count.value == f"<b>{N}</b> of {N} images"
+    assert atlas.page.max == 3 and atlas.pages_label.value == "of 3" and atlas.page.value == 1
+    assert [r.file for r in atlas.items] == _plain_sort(atlas.index.rows(), "confidence", True)[:3]
+    assert atlas.canvas.pixels.shape[:2] == atlas.layout_grid.size(3)
+    for i, row in enumerate(atlas.items):  # each tile: its picture with its PCAM± small map
+        assert np.array_equal(_tile(atlas, i), _expected_tile(atlas.index, row, "+-"))
+
+
+@pytest.mark.parametrize("key", ["confidence", "pred_name", "label", "correct", "insdel", "context", "image"])
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_reorders_the_thumbnails_as_a_plain_sort_does(atlas, key, descending):
+    atlas.descending.value = descending
+    atlas.sort.value = key
+    expected = _plain_sort(atlas.index.rows(), key, descending)
+    assert [r.file for r in _all_items(atlas)] == expected
+    atlas.page.value = 1
+    first = atlas.index.row(expected[0])
+    assert np.array_equal(_tile(atlas, 0), _expected_tile(atlas.index, first, "+-"))
+
+
+def test_a_sort_moves_the_pixels(atlas):
+    before = atlas.canvas.pixels.copy()
+    atlas.descending.value = False  # lowest confidence first: other images on the first page
+    assert [r.file for r in atlas.items] == _plain_sort(atlas.index.rows(), "confidence", False)[:3]
+    assert not np.array_equal(before, atlas.canvas.pixels)
+
+
+def test_the_variant_redraws_each_tile_with_its_map(atlas):
+    atlas.page.value = 2
+    atlas.variant.value = "-"
+    assert atlas.page.value == 2  # the same page, other maps
+    for i, row in enumerate(atlas.items):
+        assert np.array_equal(_tile(atlas, i), _expected_tile(atlas.index, row, "-"))
+
+
+def test_filters_count_what_they_keep(atlas):
+    rows = atlas.index.rows()
+    atlas.page.value = 2
+    (c, _, n), *_ = atlas.index.classes()
+    atlas.klass.value = c
+    assert atlas.count.value == f"<b>{n}</b> of {N} images" and n == sum(r.pred_class == c for r in rows)
+    assert atlas.page.value == 1 and {r.pred_class for r in _all_items(atlas)} == {c}
+    atlas.klass.value = -1
+    for choice, keep in (("correct", lambda r: r.correct is True), ("incorrect", lambda r: r.correct is False),
+                         ("unlabelled", lambda r: r.label is None)):
+        atlas.correct.value = choice
+        expected = sorted(r.file for r in rows if keep(r))
+        assert expected and sorted(r.file for r in _all_items(atlas)) == expected
+        assert atlas.count.value.startswith(f"<b>{len(expected)}</b> of {N}")
+    atlas.correct.value = "any"
+    label = next(value for _, value in atlas.label.options if value)
+    atlas.label.value = label
+    assert sorted(r.file for r in _all_items(atlas)) == sorted(r.file for r in rows if r.label == label[0])
+    atlas.label.value = ()
+    confidences = sorted(r.confidence for r in rows)
+    low = math.ceil(confidences[2] * 100) / 100  # a bound on the slider's 0.01 steps
+    atlas.confidence.value = (low, 1.0)
+    kept = [r.file for r in rows if r.confidence >= low]
+    assert 0 < len(kept) < N and sorted(r.file for r in _all_items(atlas)) == sorted(kept)
+
+
+def test_paging_with_the_buttons(atlas):
+    rows = _plain_sort(atlas.index.rows(), "confidence", True)
+    assert atlas.previous.disabled and not atlas.next.disabled
+    atlas.next.click()
+    assert atlas.page.value == 2 and [r.file for r in atlas.items] == rows[3:6]
+    atlas.next.click()
+    assert [r.file for r in atlas.items] == rows[6:] and atlas.next.disabled and not atlas.previous.disabled
+    assert atlas.canvas.pixels.shape[:2] == atlas.layout_grid.size(2)  # one row on the last page
+    atlas.next.click()
+    assert atlas.page.value == 3
+    atlas.previous.click()
+    assert atlas.page.value == 2
+
+
+def test_a_click_opens_the_right_mapset_in_an_explorer_and_replaces_the_last(atlas, folders):
+    atlas.variant.value = "-"
+    x, y = atlas.layout_grid.origin(1)
+    atlas.click(x + 10, y + 10)
+    row = atlas.items[1]
+    first = atlas.explorer
+    assert first is not None and atlas.explorer_box.children == (first,)
+    assert first.store.names() == [row.image] and first.state.variant == "-"
+    saved = pe.MapSet.load(folders[0] / row.file)
+    assert torch.equal(first.ms.probs, saved.probs) and first.ms.layers == saved.layers
+    assert first.canvases[0].frames_sent > 0
+    x1, y1 = atlas.layout_grid.origin(1)  # its tile is framed
+    assert tuple(atlas.canvas.pixels[y1 - 2, x1 + 10]) == MARK
+    atlas.click(x + atlas.layout_grid.tile_w + 2, y + 10)  # a gap: nothing happens
+    assert atlas.explorer is first
+    x, y = atlas.layout_grid.origin(2)
+    atlas.click(x + 5, y + 5)
+    assert atlas.explorer is not first and atlas.explorer.store.names() == [atlas.items[2].image]
+    assert first.comm is None and first.store.names() == []  # the old one is closed, its map sets dropped
+    assert atlas.explorer_box.children == (atlas.explorer,)
+
+
+def test_a_mapset_gone_since_indexing_is_said_in_the_status(folders, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(folders[0], folder)
+    atlas = Atlas(folder, page_size=4)
+    try:
+        (folder / atlas.items[0].file).unlink()
+        assert atlas.explore(0) is None and "cannot open" in atlas.status.value and atlas.explorer is None
+        assert atlas.explore(1) is not None
+    finally:
+        atlas.close()
+
+
+def test_compare_pairs_by_image_sorted_by_disagreement(folders):
+    a, b = folders
+    atlas = Atlas(a, compare=b, page_size=4)
+    try:
+        assert atlas.columns == 4 and atlas.sort.value == "disagreement"
+        assert atlas.count.value == "<b>6</b> of 6 pairs of images"
+        pairs = _all_items(atlas)
+        maps_a = atlas.index.small_maps(atlas.index.rows())
+        maps_b = atlas.other.small_maps(atlas.other.rows())
+        rows_b = {r.image: r for r in atlas.other.rows()}
+        expected = {}
+        for row in atlas.index.rows():
+            if row.image in rows_b:
+                r = np.corrcoef(maps_a[row.file][2].ravel(), maps_b[rows_b[row.image].file][2].ravel())[0, 1]
+                expected[row.image] = 1 - r
+        assert [p.image for p in pairs] == sorted(expected, key=lambda n: -expected[n])
+        for p in pairs:
+            assert p.a.image == p.b.image == p.image and p.b.file == rows_b[p.image].file
+            assert p.disagreement == pytest.approx(expected[p.image], abs=1e-5)
+        atlas.page.value = 1
+        tile = atlas.layout_grid.tile_w
+        assert tile > 2 * 112  # both maps side by side
+        atlas.click(*atlas.layout_grid.origin(0))
+        first = atlas.items[0]
+        assert atlas.explorer.store.names() == [f"{first.image} (A: {first.a.model_name})",
+                                                f"{first.image} (B: {first.b.model_name})"]
+        atlas.variant.value = "+"  # another variant, another order
+        assert [p.image for p in _all_items(atlas)] == [p.image for p in sorted(
+            atlas.selection.pairs("+"), key=lambda p: -p.disagreement)]
+        atlas.sort.value = "confidence"  # model A's column
+        assert [p.a.file for p in _all_items(atlas)] == [f for f in _plain_sort(atlas.index.rows(), "confidence", True)
+                                                          if atlas.index.row(f).image in expected]
+    finally:
+        atlas.close()
+
+
+def test_the_report_button_writes_the_filtered_selection(atlas, tmp_path):
+    atlas.correct.value = "correct"
+    chosen = _all_items(atlas)
+    atlas.report_button.click()
+    written = list(tmp_path.glob("atlas_report_*.html"))
+    assert len(written) == 1 and str(written[0]) in atlas.report_link.value
+    text = written[0].read_text()
+    assert all(r.image in text for r in chosen)
+    others = [r for r in atlas.index.rows() if r not in chosen]
+    assert others and not any(f">{r.image}<" in text for r in others)
+    assert all(f">{r.image}<" in text for r in chosen)
+
+
+def test_a_folder_without_an_index_gets_one_and_bad_arguments_are_named(folders, tmp_path, tiny_model):
+    folder = tmp_path / "fresh"
+    shutil.copytree(folders[1], folder, ignore=shutil.ignore_patterns(".polycam-atlas*"))
+    atlas = Atlas(folder)
+    try:
+        assert len(atlas.index) == 7 and atlas.count.value.startswith("<b>7</b>")
+    finally:
+        atlas.close()
+    with pytest.raises(ValueError, match="not a folder"):
+        Atlas(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="page_size"):
+        Atlas(folder, page_size=0)
+    with pytest.raises(ValueError, match="model="):
+        Atlas(folder, compare=folder, model=tiny_model)
+    with pytest.raises(TypeError, match="folder of map sets"):
+        Atlas(42)
+
+
+def test_an_index_given_stays_open_and_atlas_is_exported(folders):
+    index = pe.atlas.open_index(folders[0])
+    atlas = pe.Atlas(index)
+    atlas.close()
+    assert len(index) == N  # not closed by the atlas
+    index.close()
+    assert pe.Atlas is pe.atlas.Atlas is Atlas and "Atlas" in pe.__all__ and "Atlas" in pe.atlas.__all__
