@@ -250,13 +250,15 @@ def _resolve_groups(net: nn.Module, x: torch.Tensor, granularity: str,
 
 
 def randomization_strip(steps: Sequence[RandomizationStep], image_uint8: np.ndarray, *, cmap: str = "turbo",
-                        alpha: float = 0.5, tile: int = 112) -> np.ndarray:
+                        alpha: float = 0.5, tile: int = 112, frame: tuple[int, int] | None = None) -> np.ndarray:
     """Figure 26 as one ``H x W x 3`` uint8 strip: the intact model's map, then each step.
 
     Each tile is the map over the image (:func:`render.overlay`), ``tile`` pixels high, with a
     caption: the group randomised last, then ``rho`` (Spearman) and SSIM to the intact map.
     Tiles are ``tile`` high and ``round(tile * W / H)`` wide plus a 26-pixel caption band, laid out by
-    :func:`render.grid` with its 4-pixel padding.
+    :func:`render.grid` with its 4-pixel padding; ``(H, W)`` is ``frame``, the original photo's
+    size (the overlay, made at the maps' size, is resized bilinearly onto that aspect ratio), or
+    the image's own when None.
     """
     from PIL import Image, ImageDraw
 
@@ -271,7 +273,10 @@ def randomization_strip(steps: Sequence[RandomizationStep], image_uint8: np.ndar
         raise ValueError(f"image_uint8 must be an H x W x 3 uint8 array, got {image.shape} {image.dtype}")
     if image.shape[:2] != steps[0].original.shape:
         raise ValueError(f"image_uint8 is {image.shape[:2]} but the maps are {steps[0].original.shape}")
-    width = max(1, round(tile * image.shape[1] / image.shape[0]))
+    if frame is not None and (len(frame) != 2 or min(frame) < 1):
+        raise ValueError(f"frame must be the photo's (H, W), got {frame!r}")
+    high, wide = frame if frame is not None else image.shape[:2]
+    width = max(1, round(tile * wide / high))
     tiles = []
     captions = [("original", "")] + [(s.name, f"rho {_fmt(s.spearman)}  ssim {_fmt(s.ssim)}") for s in steps]
     for (title, scores), values in zip(captions, [steps[0].original] + [s.map for s in steps]):

@@ -23,7 +23,7 @@ from ..store import Event, Store
 
 DRAWN_BY = ("image", "klass", "other_class", "variant", "depth", "lnorm", "cmap", "pins", "beside")
 
-STRIP_TILE, STRIP_PAD = 72, 4  # recursion strip: thumbnail size and the gap around each
+STRIP_TILE, STRIP_PAD = 72, 4  # recursion strip: a thumbnail's longest side and the gap around each
 TEACHING_TILE = 140  # one map of the teaching view, on screen
 
 
@@ -42,7 +42,9 @@ class RecursionView:
         self.strip = FrameCanvas((STRIP_TILE, STRIP_TILE), on_click=self.click)
         self.teaching = FrameCanvas((150, 600))
         self.caption = W.HTML()
-        self._strip_cache: tuple = (None, None)  # (key, strip pixels without the depth frame)
+        # (key, strip pixels without the depth frame, the picture: kept so its id stays its own)
+        self._strip_cache: tuple = (None, None, None)
+        self._tile_width = STRIP_TILE
         self._teaching_key: Optional[tuple] = None
         self._depths_drawn = 0
         self.widget = W.VBox([W.HTML("<b>Recursion strip</b> (depth 1 = coarsest; click a map to select "
@@ -65,27 +67,32 @@ class RecursionView:
         if ms is None or ms.depth_available == 0:
             return
         panel = panels_for(self.state, ms)[0]
-        self.render(ms, panel, self.store.image(self.state.image), self.state.cmap)
+        # the photo at the map's resolution, its own aspect ratio (the map set's image when square)
+        size = frames.full_resolution(ms.size, self.store.frame_size(self.state.image)).work_size
+        self.render(ms, panel, self.store.picture(self.state.image, size), self.state.cmap)
 
-    def render(self, ms: MapSet, panel: frames.Panel, image: np.ndarray, cmap: str) -> None:
-        """Draw the strip and the teaching view of ``panel`` (``image``: the map set's uint8 image)."""
-        self.render_strip(ms, panel, image, cmap)
+    def render(self, ms: MapSet, panel: frames.Panel, picture: np.ndarray, cmap: str) -> None:
+        """Draw the strip and the teaching view of ``panel`` (``picture``: the photo as uint8, any
+        size; its aspect ratio is the thumbnails')."""
+        self.render_strip(ms, panel, picture, cmap)
         self.render_teaching(ms, panel, cmap)
 
-    def render_strip(self, ms: MapSet, panel: frames.Panel, image: np.ndarray, cmap: str) -> None:
-        """Thumbnails of every depth (built once per class, variant, LNorm and colormap); the
-        current depth is framed."""
-        tile, pad = STRIP_TILE, STRIP_PAD
-        key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.revision)
+    def render_strip(self, ms: MapSet, panel: frames.Panel, picture: np.ndarray, cmap: str) -> None:
+        """Thumbnails of every depth at the photo's aspect ratio, longest side :data:`STRIP_TILE`
+        (built once per class, variant, LNorm, colormap and picture); the current depth is framed.
+        Photo and maps are sampled onto the thumbnail by nearest neighbour."""
+        size, pad = frames.display_size(picture.shape[:2], STRIP_TILE), STRIP_PAD
+        key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.revision, id(picture))
         if self._strip_cache[0] != key:
-            rows, cols = frames.nearest_indices(ms.size, (tile, tile))
-            small = image[rows, cols]
+            rows, cols = frames.nearest_indices(picture.shape[:2], size)
+            small = picture[rows, cols]
+            rows, cols = frames.nearest_indices(ms.size, size)
             thumbs = [render.overlay(small, ms.saliency(panel.class_idx, panel.variant, depth, panel.lnorm)
                                      .cpu().numpy()[rows, cols], cmap, 0.6)
                       for depth in range(1, ms.depth_available + 1)]
-            self._strip_cache = (key, render.strip(thumbs, len(ms.layers), pad=pad))
-        self._depths_drawn = ms.depth_available
-        strip = render.mark_tile(self._strip_cache[1], panel.depth - 1, tile, pad=pad)
+            self._strip_cache = (key, render.strip(thumbs, len(ms.layers), pad=pad), picture)
+        self._depths_drawn, self._tile_width = ms.depth_available, size[1]
+        strip = render.mark_tile(self._strip_cache[1], panel.depth - 1, size[1], pad=pad)
         self.strip.resize(strip.shape[:2])
         self.strip.draw(strip)
 
@@ -111,14 +118,14 @@ class RecursionView:
 
     def click(self, x: float, y: float) -> None:
         """A click at ``(x, y)`` on the strip: report the depth of the thumbnail under it, if drawn."""
-        # thumbnail d starts at STRIP_PAD + (d - 1) * (STRIP_TILE + STRIP_PAD); split the gaps evenly
-        depth = int((x - STRIP_PAD / 2) // (STRIP_TILE + STRIP_PAD)) + 1
+        # thumbnail d starts at STRIP_PAD + (d - 1) * (width + STRIP_PAD); split the gaps evenly
+        depth = int((x - STRIP_PAD / 2) // (self._tile_width + STRIP_PAD)) + 1
         if 1 <= depth <= self._depths_drawn:
             self.state.depth = depth
 
     def close(self) -> None:
         """Close the widgets and forget the cached pixels (and the map sets their keys hold)."""
-        self._strip_cache, self._teaching_key, self._depths_drawn = (None, None), None, 0
+        self._strip_cache, self._teaching_key, self._depths_drawn = (None, None, None), None, 0
         for widget in self.widget.children:
             widget.close()
         self.strip.canvas.close()

@@ -130,7 +130,8 @@ class SanityView(JobTab):
             self.strip.value, self.table.value = b"", ""
             return
         if steps:
-            pixels = randomization_strip(steps, self.store.image(key[0]), cmap=self.state.cmap)
+            pixels = randomization_strip(steps, self.store.image(key[0]), cmap=self.state.cmap,
+                                         frame=self.store.frame_size(key[0]))
             self.strip.value = render.png_bytes(pixels)
             self.strip.layout.display = None
         else:
