@@ -76,6 +76,26 @@ def diverging(values: torch.Tensor | np.ndarray) -> np.ndarray:
     return colormap("coolwarm")[np.clip((v + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)]
 
 
+def grey(picture: np.ndarray) -> np.ndarray:
+    """An ``H x W x 3`` uint8 picture in grey (luma, ITU-R BT.601 weights), still 3 channels."""
+    luma = picture.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat((luma + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def contrast(picture: np.ndarray, difference: torch.Tensor | np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """The class-contrast view: the picture in grey (:func:`grey`) under the end colours of
+    :func:`diverging` (red where ``difference``, class A's map minus class B's in [-1, 1], is
+    positive, blue where negative), each pixel's alpha ``min(1, 2 * opacity * |difference|)``:
+    where neither class dominates the photo shows untinted; the more one does, the more its
+    colour covers it (``opacity`` 0.5: alpha = ``|difference|``; 1: full colour from 0.5 up)."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    d = _as_numpy(difference)
+    alpha = np.minimum(1.0, 2.0 * opacity * np.abs(d))[..., None]
+    mixed = (1.0 - alpha) * grey(picture) + alpha * diverging(np.sign(d))
+    return (mixed + 0.5).astype(np.uint8)
+
+
 def insertion_deletion_colors(plus: torch.Tensor | np.ndarray, minus: torch.Tensor | np.ndarray) -> np.ndarray:
     """A two-dimensional colour scale: PCAM+ (showing the region keeps the class) in red, PCAM-
     (hiding it removes the class) in green, both in yellow, neither in black."""

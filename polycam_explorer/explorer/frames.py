@@ -4,6 +4,8 @@ No widgets here, so every frame the explorer draws can be checked in plain tests
 """
 from __future__ import annotations
 
+import base64
+import html
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import render
+from .. import figure, render
 from ..mapset import MapSet
 from ..polycam import lnorm, resize
 from .state import MODES
@@ -54,24 +56,38 @@ def panel_map(ms: MapSet, panel: Panel) -> torch.Tensor:
     return ms.saliency(panel.class_idx, panel.variant, panel.depth, panel.lnorm)
 
 
+def contrast_classes(ms: MapSet, panel: Panel) -> tuple[int, int]:
+    """The contrast view's class A (the panel's) and class B (its ``other_class``, else the
+    runner-up of the top two)."""
+    other = panel.other_class if panel.other_class is not None else ms.topk(2)[-1][0]
+    return panel.class_idx, other
+
+
 def contrast_map(ms: MapSet, panel: Panel) -> torch.Tensor:
     """Class A against class B, in [-1, 1]: where A's saliency exceeds B's (>0) and the reverse."""
-    other = panel.other_class if panel.other_class is not None else ms.topk(2)[-1][0]
-    mine = ms.saliency(panel.class_idx, panel.variant, panel.depth, panel.lnorm)
-    theirs = ms.saliency(other, panel.variant, panel.depth, panel.lnorm)
-    return mine - theirs
+    mine, other = contrast_classes(ms, panel)
+    return (ms.saliency(mine, panel.variant, panel.depth, panel.lnorm)
+            - ms.saliency(other, panel.variant, panel.depth, panel.lnorm))
 
 
-@lru_cache(maxsize=None)
-def legend_html(mode: str) -> str:
-    """A small legend for the two views with their own colour scales ('' for the others)."""
-    import base64
+def contrast_key(names: tuple[str, str]) -> str:
+    """Plain text saying which colour is which class in the contrast view (``names``: A, B)."""
+    return f"red: {names[0]} (A) · blue: {names[1]} (B)"
 
+
+@lru_cache(maxsize=64)
+def legend_html(mode: str, classes: tuple[str, str] | None = None) -> str:
+    """A small legend for the two views with their own colour scales ('' for the others); the
+    contrast view's bar is labelled with its two class names ``classes`` (A, B)."""
     if mode == "ins-vs-del":
         square, text = render.legend_2d(48), ("→ red: PCAM+ (showing keeps the class)<br>↑ green: PCAM- (hiding "
                                               "removes it)<br>yellow: both agree · black: neither")
     elif mode == "contrast":
-        square, text = render.diverging_bar(), "blue: the other class · white: equal · red: this class"
+        a, b = (html.escape(c) for c in (classes or ("this class", "the other class")))
+        data = base64.b64encode(render.png_bytes(render.diverging_bar())).decode()
+        return (f"<div style='font-size:80%'><div style='display:flex;gap:6px;align-items:center'>"
+                f"<span>← {b}</span><img src='data:image/png;base64,{data}'/><span>{a} →</span></div>"
+                f"<div>grey photo: neither map dominates; colour strength follows |A − B|</div></div>")
     else:
         return ""
     data = base64.b64encode(render.png_bytes(square)).decode()
@@ -84,14 +100,29 @@ SCALE_THICKNESS = 12  # the colorbar's width beside a panel, in pixels
 
 def scale_pixels(mode: str, cmap: str, length: int) -> np.ndarray | None:
     """The colour scale of a view as pixels: the colorbar of ``cmap`` (0..1) for the overlay and
-    the heatmap, the diverging bar (-1..+1) for the contrast view, the two-dimensional square
-    (captioned) for ins-vs-del; None for the views without a colour scale."""
+    the heatmap, the diverging bar for the contrast view (B at the bottom, A on top: its legend
+    and captions name the classes), the two-dimensional square (captioned) for ins-vs-del; None
+    for the views without a colour scale."""
     if mode in ("overlay", "heatmap"):
         return render.colorbar(cmap, length, thickness=SCALE_THICKNESS)
     if mode == "contrast":
-        return render.colorbar("coolwarm", length, thickness=SCALE_THICKNESS, labels=("-1", "+1"))
+        return render.colorbar("coolwarm", length, thickness=SCALE_THICKNESS, labels=("B", "A"))
     if mode == "ins-vs-del":
         return render.captioned(render.legend_2d(48), ["x: PCAM+ (red)", "y: PCAM- (green)"], width=100)
+    return None
+
+
+def print_scale(mode: str, cmap: str, classes: tuple[str, str]) -> figure.Scale:
+    """The colour scale of a view in a printed figure (:mod:`polycam_explorer.figure`): the
+    colorbar of ``cmap`` for the overlay and heatmap, the diverging bar with the contrast's
+    class names ``classes`` (A, B) at its ends, the ins-vs-del square; None for the others."""
+    if mode in ("overlay", "heatmap"):
+        return figure.ColourScale(cmap, label="saliency")
+    if mode == "contrast":
+        return figure.ColourScale("coolwarm", -1.0, 1.0, (-1.0, 0.0, 1.0),
+                                  (f"{classes[1]} (B)", "equal", f"{classes[0]} (A)"), "saliency A − B")
+    if mode == "ins-vs-del":
+        return figure.LegendSquare(render.legend_2d(64), "PCAM+ (red) →", "PCAM- (green) →")
     return None
 
 
@@ -126,8 +157,7 @@ def frame(ms: MapSet, panel: Panel, look: Look, image: np.ndarray | None = None,
     if mode == "original":
         return picture
     if mode == "contrast":
-        tint = render.diverging(fit(contrast_map(ms, panel)))
-        return render.blend(picture, tint, look.opacity)
+        return render.contrast(picture, fit(contrast_map(ms, panel)), look.opacity)
     if mode == "ins-vs-del":
         plus = fit(ms.saliency(panel.class_idx, "+", panel.depth, panel.lnorm))
         minus = fit(ms.saliency(panel.class_idx, "-", panel.depth, panel.lnorm))
@@ -180,6 +210,16 @@ def geometry(map_size: tuple[int, int], frame_size: tuple[int, int] | None, long
     if frame_size == map_size:
         return Geometry(map_size, frame_size, map_size)
     return Geometry(map_size, frame_size, display_size(frame_size, max(max(map_size), int(longest))))
+
+
+def full_resolution(map_size: tuple[int, int], frame_size: tuple[int, int] | None) -> Geometry:
+    """The :class:`Geometry` of a printed panel: the smallest frame at the photo's aspect ratio
+    that holds the map at its full resolution (each side at least the map's)."""
+    map_size = (int(map_size[0]), int(map_size[1]))
+    frame_size = map_size if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
+    scale = max(map_size[0] / frame_size[0], map_size[1] / frame_size[1])
+    work = (max(map_size[0], round(frame_size[0] * scale)), max(map_size[1], round(frame_size[1] * scale)))
+    return Geometry(map_size, frame_size, work)
 
 
 def shown_map(values: torch.Tensor | np.ndarray, geo: Geometry) -> np.ndarray | torch.Tensor:

@@ -76,9 +76,9 @@ class MainView:
     def draw(self) -> None:
         """Draw every panel from the state (one frame per panel)."""
         mode = self.state.mode
-        self.legend.value = frames.legend_html(mode)
-        self.legend.layout.visibility = "visible" if self.legend.value else "hidden"
         ms = self.store.get(self.state.image)
+        self.legend.value = frames.legend_html(mode, self._contrast_names(ms) if mode == "contrast" else None)
+        self.legend.layout.visibility = "visible" if self.legend.value else "hidden"
         if ms is None:
             self.status.value = "<i>waiting for the first map set…</i>"
             return
@@ -95,10 +95,19 @@ class MainView:
             canvas.draw(frames.panel_pixels(ms, panel, how, picture, values, geo, canvas.size))
             text = caption(ms, panel, against=self.state.other_class if mode == "contrast" else None,
                            computing=panel.method is not None and values is None)
+            if mode == "contrast" and panel.method is None:
+                text += f"<br>{html.escape(frames.contrast_key(self._contrast_names(ms, panel)))}"
             label.value = f"<span style='font-size:90%'>{text}</span>"
         # a successful draw replaces any earlier message (an error the user has moved past included)
         self.status.value = ("" if ms.complete else
                              f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
+
+    def _contrast_names(self, ms, panel: Optional[frames.Panel] = None) -> Optional[tuple[str, str]]:
+        """The contrast view's class names (A, B) of ``panel`` (None: the first on screen)."""
+        if ms is None or ms.depth_available == 0:
+            return None
+        a, b = frames.contrast_classes(ms, panel or panels_for(self.state, ms)[0])
+        return ms.class_names[a], ms.class_names[b]
 
     def geometry(self) -> frames.Geometry:
         """The map, photo and drawn-frame sizes of the image on screen."""
