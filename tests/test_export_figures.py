@@ -49,8 +49,8 @@ def pdf_texts(data: bytes) -> str:
     """The strings of an uncompressed PDF's text arrays (kerning pieces joined, Type 42 zero bytes
     dropped)."""
     out = []
-    for array in re.findall(rb"\[(.*?)\]\s*TJ", data, flags=re.S):
-        pieces = re.findall(rb"\(((?:\\.|[^\\)])*)\)", array, flags=re.S)
+    for array in re.findall(rb"\[(.*?)\]\s*TJ", data, flags=re.DOTALL):
+        pieces = re.findall(rb"\(((?:\\.|[^\\)])*)\)", array, flags=re.DOTALL)
         text = b"".join(re.sub(rb"\\(.)", rb"\1", p) for p in pieces).replace(b"\x00", b"")
         out.append(text.decode("latin-1"))
     return "\n".join(out)

@@ -28,7 +28,7 @@ from ..state import ViewState
 from ..store import Store
 
 EXPORT_DIR_ENV = "POLYCAM_EXPLORER_EXPORTS"
-DOWNLOAD_LIMIT = 48 * 2 ** 20  # bytes: larger files are not sent to the page (path shown only)
+DOWNLOAD_LIMIT = 32 * 2 ** 20  # bytes: larger files are not sent to the page (path shown only)
 FORMAT_OPTIONS = [("PNG", "png"), ("SVG (vector)", "svg"), ("PDF (vector)", "pdf")]
 DPI_OPTIONS = [("screen pixels", 0), ("150 dpi", 150), ("300 dpi", 300), ("600 dpi", 600)]
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".pdf": "application/pdf", ".npz": "application/zip"}
