@@ -66,7 +66,10 @@ class FrameCanvas:
         self.frames_sent += 1
 
     def _redraw(self) -> None:
-        # a frame drawn before the browser view existed may not show: draw it again
+        # a frame drawn before the browser view existed may not show: draw it again. ipycanvas
+        # (0.14) names the canvas to draw on only when it differs from the last one drawn on, and
+        # a new view missed that: forget it, or a page with one canvas stays blank
+        self.canvas._canvas_manager._current_canvas = None
         if self.pixels is not None:
             self.draw(self.pixels)
 
