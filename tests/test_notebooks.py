@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb", "02_variants_and_layers.ipynb", "03_teaching_the_recursion.ipynb",
-        "04_faithfulness.ipynb"]
+        "04_faithfulness.ipynb", "05_dataset_atlas.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
