@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 
-import polycam_explorer as pe
 from polycam_explorer import evaluation
 from polycam_explorer.atlas import open_index
 from polycam_explorer.atlas.evaluated import Score, record_insdel
