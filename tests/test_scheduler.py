@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 
 import polycam_explorer as pe
 from polycam_explorer.scheduler import Priority
@@ -120,5 +121,77 @@ def test_a_jobs_progress_and_the_sweep_label_say_the_time_left(tiny_model, tmp_p
         time.sleep(0.2)
         ex.store.set_progress(("x", 50, 100))
         assert "left" in ex.progress_label.value
+    finally:
+        ex.close()
+
+
+class SlowNet(torch.nn.Module):
+    """A 128-channel coarsest layer and a pause per forward pass: a sweep of many slow batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 128, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(128, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def _slow_model() -> pe.Classifier:
+    return pe.Classifier(SlowNet().eval(), name="slow", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(16, 16))
+
+
+def _until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_an_upload_preempts_the_running_sweep_which_resumes_to_the_same_maps(tmp_path) -> None:
+    model, pictures = _slow_model(), _pictures(3)
+    ex = pe.explore(pictures[0], model=model, cache_dir=tmp_path, wait=True, panel_size=64, batch_size=4,
+                    backend="eager")
+    try:
+        runner = ex.runner
+        runner.submit("background", pictures[1])
+        _until(lambda: "background" in ex.mapsets)  # its sweep is under way (first estimate shown)
+        runner.submit("upload", pictures[2], show=True)
+        _until(lambda: "upload" in ex.mapsets and ex.mapsets["upload"].complete)
+        assert not ex.mapsets["background"].complete  # it paused, it did not finish first
+        assert ex.state.image == "upload"
+        runner.wait(120)
+        paused = ex.mapsets["background"]
+        assert paused.complete
+        plain = pe.compute_mapset(model, pe.load_image(pictures[1], model), progress=False, backend="eager")
+        for depth in range(1, len(plain.layers) + 1):
+            torch.testing.assert_close(paused.saliency(0, "+-", depth), plain.saliency(0, "+-", depth))
+    finally:
+        ex.close()
+
+
+def test_switching_to_a_queued_image_sweeps_it_now(tmp_path) -> None:
+    model, pictures = _slow_model(), _pictures(3)
+    ex = pe.explore(pictures[0], model=model, cache_dir=tmp_path, wait=True, panel_size=64, batch_size=4,
+                    backend="eager")
+    try:
+        runner, asked = ex.runner, []
+        real = runner.look_at
+        runner.look_at = lambda name: (asked.append(name), real(name))
+        runner.submit("running", pictures[1])
+        runner.submit("queued", pictures[2])
+        _until(lambda: "running" in ex.mapsets)
+        ex.state.image = "running"  # the app tells the runner what the user looks at
+        assert asked[-1] == "running"
+        runner.on_screen = lambda: "queued"  # as if the picker offered the queued image
+        runner.look_at("queued")
+        assert not any(item[0] == "queued" for item in runner.queue)  # taken out of the queue: swept now
+        _until(lambda: "queued" in ex.mapsets and ex.mapsets["queued"].complete)
+        assert not ex.mapsets["running"].complete
+        runner.wait(120)
+        assert ex.mapsets["running"].complete and not runner.busy
     finally:
         ex.close()

@@ -191,6 +191,8 @@ class Explorer(W.VBox):
         self.jobs.runner = runner
         runner.priority = self.jobs.priority  # curves, baselines, sanity: ahead of other images' sweeps
         runner.on_screen = lambda: self.state.image  # the image on screen is swept first
+        # switching to an image still queued sweeps it at once; the running sweep pauses
+        self.state.observe(lambda change: runner.look_at(change["new"]), "image")
         self.controls.upload.layout.display = None
 
     def add_mapset(self, name: str, ms: MapSet, *, show: bool = False) -> None:

@@ -42,8 +42,10 @@ def _named_images(images: Images) -> dict[str, ImageLike]:
 
 
 class SweepRunner:
-    """Runs the sweeps of queued images one after the other, in a daemon thread; map sets,
-    progress and errors go to ``store`` (never to a view)."""
+    """Runs the sweeps of queued images in a daemon thread, one after the other; the image the user
+    looks at (or asked to see: an upload) is swept at once in a thread of its own, while the sweep
+    of another image pauses between its probe batches. Map sets, progress and errors go to
+    ``store`` (never to a view)."""
 
     def __init__(self, store: Store, model: torch.nn.Module, *, layers, batch_size: Optional[int],
                  device, size, cache_dir, backend: str = "auto") -> None:
@@ -58,6 +60,9 @@ class SweepRunner:
         self.priority = Priority()
         self.on_screen: Callable[[], Optional[str]] = lambda: None
         self.thread: Optional[threading.Thread] = None  # the worker; None once it has finished
+        self.now: list[threading.Thread] = []  # sweeps started at once for the user (look_at)
+        self.sweeping: set[str] = set()  # images being swept, in any thread (under _lock)
+        self.wanted: Optional[str] = None  # an upload to show, until it is on screen
         # the worker decides to finish and submit decides to start one under this lock, so an
         # image submitted just as the worker finds the queue empty is never left in the queue
         self._lock = threading.Lock()
@@ -65,55 +70,94 @@ class SweepRunner:
     @property
     def busy(self) -> bool:
         """True while images are queued or being probed."""
-        return self.thread is not None and self.thread.is_alive()
+        return any(t.is_alive() for t in self._threads())
+
+    def _threads(self) -> list[threading.Thread]:
+        return [t for t in (self.thread, *self.now) if t is not None]
 
     def cancel(self) -> None:
-        """Stop the running sweep and drop the queued images."""
+        """Stop the running sweeps and drop the queued images."""
         with self._lock:
             self.stop.set()
             self.queue.clear()
 
     def submit(self, name: str, image: ImageLike, *, show: bool = False) -> None:
-        """Queue an image; ``show`` puts it on screen as soon as its first depth is ready."""
+        """Queue an image; ``show`` puts it on screen as soon as its first depth is ready, and
+        sweeps it at once (any other sweep pauses)."""
         with self._lock:
             self.queue.append((name, image, show))
             if self.thread is None or not self.thread.is_alive():  # (not alive: it died of an error)
                 self.stop.clear()
                 self.thread = threading.Thread(target=self._work, daemon=True)
                 self.thread.start()
+        if show:
+            self.wanted = name
+            self.look_at(name)
+
+    def look_at(self, name: Optional[str]) -> None:
+        """The user looks at ``name`` (or asked to see it): when it is queued behind the sweep of
+        another image, sweep it now, in its own thread; the other sweep pauses between its batches
+        (:meth:`_stopped`) and resumes where it stopped."""
+        with self._lock:
+            at = next((i for i, item in enumerate(self.queue) if item[0] == name), None)
+            if at is None or not self.sweeping:  # not queued, or the worker takes it next anyway
+                return
+            thread = threading.Thread(target=self._sweep, args=self.queue.pop(at), daemon=True)
+            self.now = [t for t in self.now if t.is_alive()] + [thread]
+            thread.start()
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Block until the queued sweeps are done (for scripts and tests)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (thread := self.thread) is not None and thread is not threading.current_thread():
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if thread.is_alive() or self.thread is thread:  # timed out, or it died of an error
+        while threads := [t for t in self._threads() if t is not threading.current_thread() and t.is_alive()]:
+            for thread in threads:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
                 return
 
     def _work(self) -> None:
         while True:
-            if self.stop.is_set() or not self.queue:
-                self.store.set_progress(None)
             with self._lock:
                 if self.stop.is_set() or not self.queue:
                     self.thread = None
+                    if not self.sweeping:
+                        self.store.set_progress(None)
                     return
-                name, image, show = self.queue.pop(self._next_index())
-            try:
-                self._run(name, image, show)
-            except Exception as exc:  # noqa: BLE001 - shown in the widget
-                self.store.report_error(exc)
+                item = self.queue.pop(self._next_index())
+            self._sweep(*item)
+
+    def _sweep(self, name: str, image: ImageLike, show: bool) -> None:
+        with self._lock:
+            self.sweeping.add(name)
+        try:
+            self._run(name, image, show)
+        except Exception as exc:  # noqa: BLE001 - shown in the widget
+            self.store.report_error(exc)
+        finally:
+            with self._lock:
+                self.sweeping.discard(name)
+                if self.wanted == name:
+                    self.wanted = None
+
+    def _focus(self) -> Optional[str]:
+        """The image the user looks at: an upload asked for until it is shown, else the one on screen."""
+        return self.wanted or self.on_screen()
 
     def _next_index(self) -> int:
         """The image on screen first (the user switched to it while it was queued), else in order."""
-        current = self.on_screen()
+        current = self._focus()
         return next((i for i, item in enumerate(self.queue) if item[0] == current or item[2]), 0)
 
     def _stopped(self, name: str) -> bool:
-        """The sweep's cancel flag, asked between batches: a sweep of an image not on screen waits
-        here while foreground work runs."""
-        if name != self.on_screen():
+        """The sweep's cancel flag, asked between batches: a sweep of an image the user does not
+        look at waits here while foreground work runs or the image looked at is being swept."""
+        while not self.stop.is_set() and (focus := self._focus()) != name:
             self.priority.wait_for_foreground(self.stop)
+            with self._lock:
+                behind = focus in self.sweeping
+            if not behind:
+                break
+            time.sleep(0.05)
         return self.stop.is_set()
 
     def _run(self, name: str, image: ImageLike, show: bool) -> None:
