@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     s.add_argument("--idle-kernel-timeout", type=POSITIVE, default=CULL_AFTER_S, metavar="SECONDS",
                    help="shut down a closed page's kernel (and its work) after SECONDS (default: 120)")
+    s.add_argument("--atlas", metavar="DIR", help="serve the dataset atlas of DIR's map sets instead (DIR is "
+                                                  "indexed first when it has no index; --model: their model)")
+    s.add_argument("--compare", metavar="DIR2", help="with --atlas: another model's map sets of the same images, "
+                                                     "side by side, sorted by how much the maps disagree")
     _backend_argument(s)
     _index_arguments(sub)
     return parser
@@ -210,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
                          open_browser=not args.no_browser, backend=args.backend,
-                         idle_kernel_timeout=args.idle_kernel_timeout)
+                         idle_kernel_timeout=args.idle_kernel_timeout, atlas=args.atlas, compare=args.compare)
     except (ValueError, TypeError) as exc:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2

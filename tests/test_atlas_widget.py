@@ -276,3 +276,63 @@ def test_an_index_given_stays_open_and_atlas_is_exported(folders):
     assert len(index) == N  # not closed by the atlas
     index.close()
     assert pe.Atlas is pe.atlas.Atlas is Atlas and "Atlas" in pe.__all__ and "Atlas" in pe.atlas.__all__
+
+
+# ----- polycam-explorer serve --atlas -----------------------------------------------------------
+class _FakeVoila:
+    """Stands in for Voila's process: keeps the notebook's code, exits at once."""
+
+    code: list[str] = []
+
+    def __init__(self, command, env):
+        import nbformat
+
+        _FakeVoila.code.append(nbformat.read(command[3], as_version=4).cells[0].source)
+
+    def wait(self, timeout=None) -> int:
+        return 0
+
+
+def test_serve_atlas_indexes_first_and_serves_an_atlas_that_runs(folders, tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from polycam_explorer.atlas.store import FILE_NAME
+    from polycam_explorer.cli import main
+
+    folder = tmp_path / "fresh"
+    shutil.copytree(folders[0], folder, ignore=shutil.ignore_patterns(".polycam-atlas*"))
+    monkeypatch.setattr(subprocess, "Popen", _FakeVoila)
+    monkeypatch.setenv("POLYCAM_EXPLORER_EXPORTS", str(tmp_path / "exports"))
+    _FakeVoila.code = []
+    assert main(["serve", "--atlas", str(folder), "--compare", str(folders[1]), "--no-browser"]) == 0
+    out = capsys.readouterr().out
+    assert (folder / FILE_NAME).is_file() and f"{N} added" in out and "serving the atlas at http://127.0.0.1:" in out
+    assert "map sets in its index" in out  # B's index was there: opened as it is
+    (code,) = _FakeVoila.code
+    assert f"pe.Atlas({str(folder.resolve())!r}, compare={str(folders[1].resolve())!r}, model=None)" in code
+    namespace: dict = {}
+    exec(code, namespace)  # what the served page runs
+    try:
+        assert namespace["atlas"].count.value == "<b>6</b> of 6 pairs of images"
+    finally:
+        namespace["atlas"].close()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--atlas", "{tmp}/nowhere"], "--atlas '{tmp}/nowhere' is not a folder of map sets"),
+    (["serve", "--atlas", "{a}", "--compare", "{tmp}/nowhere"], "--compare '{tmp}/nowhere' is not a folder"),
+    (["serve", "--compare", "{a}"], "--compare needs --atlas"),
+    (["serve", "{a}/img0.mapset.npz", "--atlas", "{a}"], "not both"),
+    (["serve", "--atlas", "{a}", "--compare", "{b}", "--model", "resnet18"], "--model is for one atlas folder"),
+    (["serve", "--atlas", "{tmp}"], "holds no map set"),
+])
+def test_serve_atlas_refuses_with_a_clear_error(folders, tmp_path, monkeypatch, capsys, argv, message):
+    import subprocess
+
+    from polycam_explorer.cli import main
+
+    monkeypatch.setattr(subprocess, "Popen", _FakeVoila)
+    _FakeVoila.code = []
+    names = {"tmp": str(tmp_path), "a": str(folders[0]), "b": str(folders[1])}
+    assert main([arg.format(**names) for arg in argv] + ["--no-browser"]) == 2
+    assert message.format(**names) in capsys.readouterr().err and _FakeVoila.code == []

@@ -114,7 +114,7 @@ class Atlas(W.HBox):
     def _build_controls(self, variant: str, cmap: str) -> None:
         sorts = ([DISAGREEMENT] if self.other is not None else []) + list(SORTS)
         self.variant = W.ToggleButtons(options=VARIANT_OPTIONS, value=Query(variant=variant).variant,
-                                       description="variant", style={"button_width": "64px"})
+                                       description="variant", style={"button_width": "70px"})
         self.cmap = W.Dropdown(options=list(COLORMAPS), value=cmap, description="colormap",
                                layout=W.Layout(width="200px"))
         self.sort = W.Dropdown(options=sorts, value=sorts[0][1], description="sort by")
