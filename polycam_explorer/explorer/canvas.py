@@ -24,6 +24,7 @@ class FrameCanvas:
     """An ipycanvas Canvas of a fixed size that draws whole frames (``H x W x 3`` uint8).
 
     ``frames_sent`` counts the frames pushed; ``pixels`` is the last one, for tests and export.
+    A frame equal to the one on screen (same pixels, same box) is not pushed again.
     """
 
     def __init__(self, size: tuple[int, int], *, on_hover: Optional[Callable[[float, float], None]] = None,
@@ -32,6 +33,8 @@ class FrameCanvas:
         self.canvas = Canvas()
         self.pixels: Optional[np.ndarray] = None
         self.frames_sent = 0
+        self._shown: Optional[np.ndarray] = None  # a copy of the frame on screen: callers may reuse arrays
+        self._box: Optional[tuple[float, float, float, float]] = None
         self._press: Optional[tuple[float, float]] = None
         self._on_drag, self._on_click = on_drag, on_click
         self.resize(size)
@@ -46,6 +49,7 @@ class FrameCanvas:
         h, w = size
         if (self.canvas.height, self.canvas.width) != (h, w):
             self.canvas.width, self.canvas.height = w, h
+            self._shown = None  # a resized canvas is blank
             # an explicit layout size: without it the canvas element stretches to the page width
             self.canvas.layout = Layout(width=f"{w}px", height=f"{h}px", min_width=f"{w}px")
 
@@ -54,8 +58,15 @@ class FrameCanvas:
         return self.canvas.height, self.canvas.width
 
     def draw(self, pixels: np.ndarray, *, box: Optional[tuple[float, float, float, float]] = None) -> None:
-        """Push a frame (and optionally a selection rectangle ``x0, y0, x1, y1``)."""
-        self.pixels = pixels
+        """Push a frame (and optionally a selection rectangle ``x0, y0, x1, y1``) unless it is
+        the one on screen."""
+        if (self._shown is not None and box == self._box and pixels.shape == self._shown.shape
+                and np.array_equal(pixels, self._shown)):
+            return
+        self._push(pixels, box)
+
+    def _push(self, pixels: np.ndarray, box: Optional[tuple[float, float, float, float]]) -> None:
+        self.pixels, self._shown, self._box = pixels, np.array(pixels), box
         with held():
             self.canvas.put_image_data(pixels, 0, 0)
             if box is not None:
@@ -70,8 +81,8 @@ class FrameCanvas:
         # (0.14) names the canvas to draw on only when it differs from the last one drawn on, and
         # a new view missed that: forget it, or a page with one canvas stays blank
         self.canvas._canvas_manager._current_canvas = None
-        if self.pixels is not None:
-            self.draw(self.pixels)
+        if self._shown is not None:
+            self._push(self._shown, self._box)
 
     def _down(self, x: float, y: float) -> None:
         self._press = (x, y)

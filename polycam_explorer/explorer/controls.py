@@ -105,6 +105,7 @@ class Controls:
         self.progress = W.IntProgress(min=0, max=1, layout=W.Layout(width="240px", display="none"))
         self.progress_label = W.HTML()
         self._sweeping: Optional[str] = None  # the image whose sweep the label follows
+        self._other_options: tuple = ()  # the image's class options, for "against" once shown
         self._clock = Clock()
         self.stop_button = W.Button(description="cancel", layout=W.Layout(display="none"))
 
@@ -133,7 +134,11 @@ class Controls:
         options += sorted((n, i) for i, n in enumerate(ms.class_names) if i not in ranked)
         with self.bindings.paused():
             self.klass.options = options
-            self.other_class.options = options
+            # the hidden "against" list follows when shown: re-listing every class costs the
+            # browser tens of ms per image switch; a list of other classes is replaced at once
+            self._other_options = tuple(options)
+            if self.state.mode == "contrast" or len(self.other_class.options) != len(options):
+                self.other_class.options = options
             self.search.options = sorted(set(ms.class_names))
             self.search.value = ""
             self.search_note.value = ""
@@ -180,7 +185,12 @@ class Controls:
 
     # ----- reactions -----------------------------------------------------------------------------
     def _on_mode(self, change) -> None:
-        self.other_class.layout.display = None if change["new"] == "contrast" else "none"
+        shown = change["new"] == "contrast"
+        self.other_class.layout.display = None if shown else "none"
+        if shown and self.other_class.options != self._other_options:
+            with self.bindings.paused():
+                self.other_class.options = self._other_options
+                self.other_class.value = self.state.other_class
 
     def _on_depth(self, _change=None) -> None:
         label = dict((v, k) for k, v in self.depth.options).get(self.depth.value, "")

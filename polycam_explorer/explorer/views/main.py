@@ -88,7 +88,6 @@ class MainView:
         panels, name = panels_for(self.state, ms), self.state.image
         geo = self.geometry()
         self._ensure_canvases(len(panels), geo)
-        self._draw_scale(mode)
         how, picture = look(self.state), self.store.picture(name, geo.work_size)
         for canvas, label, panel in zip(self.canvases, self.captions, panels):
             values = None if panel.method is None else self.jobs.baseline(name, panel.class_idx, panel.method)
@@ -98,6 +97,7 @@ class MainView:
             if mode == "contrast" and panel.method is None:
                 text += f"<br>{html.escape(frames.contrast_key(self._contrast_names(ms, panel)))}"
             label.value = f"<span style='font-size:90%'>{text}</span>"
+        self._draw_scale(mode)  # after the panels: their pixels go out first
         # a successful draw replaces any earlier message (an error the user has moved past included)
         self.status.value = ("" if ms.complete else
                              f"<i>probing… depths 1..{ms.depth_available} of {len(ms.layers)} ready</i>")
