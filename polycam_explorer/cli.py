@@ -15,9 +15,17 @@ from .cache import default_batch_size
 from .explain import explain
 from .layers import LAYER_RULES
 from .models import load_model
+from .kernels import MAX_KERNELS
 from .serve import CULL_AFTER_S, serve
 
 SAMPLES = Path(__file__).parent / "data"
+
+
+def _say(line: str) -> None:
+    """A line printed above a running progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
 
 
 class UsageError(ValueError):
@@ -76,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=SIZE, help="resize the image to SIZE x SIZE (default: the model's input size)")
     p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
     p.add_argument("--save-mapset", action="store_true", help="also write the map set (.npz, fp16)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-preview", action="store_true",
+                   help="no first picture: by default IMAGE_preview.png shows an estimate of depth 1 within "
+                        "seconds, refreshed as the sweep goes on, and is removed when the exact maps are written")
     g = sub.add_parser("generate", help="saliency npz files for a folder of images (the authors' layout)")
     _dataset_arguments(g)
     g.add_argument("--methods", default="pcam+,pcam-,pcam+-",
@@ -96,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     s.add_argument("--idle-kernel-timeout", type=POSITIVE, default=CULL_AFTER_S, metavar="SECONDS",
                    help="shut down a closed page's kernel (and its work) after SECONDS (default: 120)")
+    s.add_argument("--max-kernels", type=POSITIVE, default=MAX_KERNELS, metavar="N",
+                   help=f"serve at most N pages (kernels) at once; a closed page's kernel makes room "
+                        f"(default: {MAX_KERNELS})")
     s.add_argument("--atlas", metavar="DIR", help="serve the dataset atlas of DIR's map sets instead (DIR is "
                                                   "indexed first when it has no index; --model: their model)")
     s.add_argument("--compare", metavar="DIR2", help="with --atlas: another model's map sets of the same images, "
@@ -183,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              layers=args.layers.split(",") if args.layers else None,
                              batch_size=args.batch_size, size=args.size, cmap=args.cmap,
                              save_mapset=args.save_mapset, progress=not args.no_progress,
-                             layer_rule=args.layer_rule, backend=args.backend)
+                             layer_rule=args.layer_rule, backend=args.backend,
+                             preview=None if args.no_preview else _say)
             for entry in report["top5"]:
                 print(f"{entry['probability']:.3f}  {entry['index']:>4}  {entry['name']}")
             print(f"explained: {report['explained_name']} -> {args.out}")
@@ -214,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             return serve(args.images, model_name=args.model, weights=args.weights, port=args.port,
                          open_browser=not args.no_browser, backend=args.backend,
-                         idle_kernel_timeout=args.idle_kernel_timeout, atlas=args.atlas, compare=args.compare)
+                         idle_kernel_timeout=args.idle_kernel_timeout, max_kernels=args.max_kernels,
+                         atlas=args.atlas, compare=args.compare)
     except (ValueError, TypeError) as exc:
         print(f"polycam-explorer: error: {exc}", file=sys.stderr)
         return 2

@@ -3,17 +3,19 @@ a summary grid and a JSON report for one image."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from . import render
 from .cache import default_batch_size
-from .compute import compute_mapset
+from .compute import iter_mapset
 from .files import atomic_write
 from .images import load_image
 from .layers import module_device
+from .mapset import MapSet
 from .models import load_model, probabilities
 
 VARIANT_FILE_NAMES = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}
@@ -55,13 +57,20 @@ def _fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
             batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
-            progress: bool = True, layer_rule: str | None = None, backend: str = "auto") -> dict:
+            progress: bool = True, layer_rule: str | None = None, backend: str = "auto",
+            preview: Callable[[str], None] | None = None) -> dict:
     """Explain one image: top classes, an overlay PNG per variant and depth, and a summary grid.
 
     The maps are computed at the model's input size (the whole image resized) and laid back onto
     the photo's own frame: overlays keep the original aspect ratio, longest side the original's
     capped at :data:`OVERLAY_MAX` (the summary's tiles: the model's input size as longest side).
     The output folder and the class are checked before the sweep (ValueError naming them).
+
+    ``preview``: a first picture within seconds. The sweep runs progressively
+    (:func:`~polycam_explorer.iter_mapset`): ``STEM_preview.png``, the depth-1 map of the last
+    variant asked for, is written from the first estimate on and refreshed as channels come in,
+    and ``preview`` gets a line saying where it is and how many channels are in. The preview is an
+    estimate: it is removed once the exact maps are written (and when the sweep stops early).
     """
     from .runs import writable_folder
 
@@ -70,16 +79,21 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     x = load_image(image, model, size=size)
     device = module_device(model)
     c = _class_index(model, x, class_spec)
-    ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress,
-                        backend=backend)
-    if c is None:
-        c = ms.topk(1)[0][0]
     stem = Path(image).stem
     original = render.image_uint8(load_image(image, size=0), (0.5,) * 3, (0.5,) * 3)  # the photo, as read
-    ms.frame = original.shape[:2]  # saved with the map set: its maps are drawn back onto the photo
     frame = _fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
+    picture = render.fit_picture(original, frame)
+    sweep = iter_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress,
+                        backend=backend, progressive=preview is not None)
+    if preview is None:
+        *_, ms = sweep
+    else:
+        ms = _sweep_with_preview(sweep, out_dir / f"{stem}_preview.png", picture, c, variants[-1], cmap, preview)
+    if c is None:
+        c = ms.topk(1)[0][0]
+    ms.frame = original.shape[:2]  # saved with the map set: its maps are drawn back onto the photo
     thumb = _fitted_size(original.shape[:2], max(ms.size))
-    picture, small = render.fit_picture(original, frame), render.fit_picture(original, thumb)
+    small = render.fit_picture(original, thumb)
     rows, files = [], []
     for variant in variants:
         row = []
@@ -107,3 +121,26 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     with atomic_write(out_dir / f"{stem}_explain.json") as f:
         f.write(json.dumps(report, indent=2).encode())
     return report
+
+
+PREVIEW_EVERY_S = 1.0  # how often the preview file is rewritten while estimates come in
+
+
+def _sweep_with_preview(sweep: Iterator[MapSet], path: Path, picture, class_index: int | None, variant: str,
+                        cmap: str, tell: Callable[[str], None]) -> MapSet:
+    """Run ``sweep`` (progressive) to its end, keeping ``path`` a labelled estimate of depth 1
+    meanwhile; the preview is removed at the end, whatever the end."""
+    started, written = time.monotonic(), None
+    try:
+        for ms in sweep:
+            if ms.estimate and (written is None or time.monotonic() - written >= PREVIEW_EVERY_S):
+                c = class_index if class_index is not None else ms.topk(1)[0][0]
+                render.save_png(render.overlay(picture, render.resize_map(ms.saliency(c, variant, 1), picture.shape[:2]),
+                                               cmap), path)
+                if written is None:
+                    tell(f"first picture after {time.monotonic() - started:.1f} s: {path} (an estimate of depth 1, "
+                         f"{ms.channels_done}/{ms.channels_total} channels of {ms.layers[-1]}; the exact maps follow)")
+                written = time.monotonic()
+        return ms
+    finally:
+        path.unlink(missing_ok=True)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .kernels import MAX_KERNELS, voila_arguments
+
 
 def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None = None,
                  weights: str | None = None, backend: str = "auto") -> Path:
@@ -72,15 +74,21 @@ def index_atlas_folders(folders: dict[str, str | None]) -> None:
 
 
 CULL_AFTER_S = 120  # seconds a page's kernel outlives the page
+# the lab extensions the app's page loads: its widgets' own; any other installed (notebook 7's,
+# a user's) stays out of the page, where it can fail (notebook 7's does, in Voila's page)
+PAGE_EXTENSIONS = ("@voila-dashboards/widgets-manager8", "@jupyter-widgets/jupyterlab-manager",
+                   "bqplot", "bqscales", "ipycanvas", "jupyterlab_pygments")
 
 
 def serve(images: Sequence[str], *, model_name: str | None = None, weights: str | None = None,
           port: int = 8866, open_browser: bool = True, backend: str = "auto",
-          idle_kernel_timeout: int = CULL_AFTER_S, atlas: str | None = None, compare: str | None = None) -> int:
+          idle_kernel_timeout: int = CULL_AFTER_S, max_kernels: int = MAX_KERNELS, atlas: str | None = None,
+          compare: str | None = None) -> int:
     """Open the explorer app in Voila (blocks until Voila stops); with ``atlas`` (a folder of map
     sets, indexed first if it has no index) the dataset atlas instead, two models' side by side
     with ``compare``. The kernel of a page that is closed or reloaded is shut down, with its work,
-    ``idle_kernel_timeout`` seconds after its last connection went; the next free port from
+    ``idle_kernel_timeout`` seconds after its last connection went, and at most ``max_kernels``
+    pages (kernels) live at once (:mod:`polycam_explorer.kernels`); the next free port from
     ``port`` on is used and printed."""
     import signal
     import subprocess
@@ -108,11 +116,8 @@ def serve(images: Sequence[str], *, model_name: str | None = None, weights: str 
             notebook = atlas_notebook(atlas, Path(folder), compare=compare, model_name=model_name, weights=weights)
         command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--Voila.ip=127.0.0.1",
                    "--Voila.port_retries=0", "--template=polycam",
-                   # the kernel of a closed or reloaded page (no connection left) is shut down, with
-                   # its sweeps (threads: the kernel itself is idle): it does not run until serve stops
-                   f"--MappingKernelManager.cull_idle_timeout={idle_kernel_timeout}",
-                   f"--MappingKernelManager.cull_interval={max(1, min(30, idle_kernel_timeout // 2))}",
-                   "--MappingKernelManager.cull_connected=False"]
+                   *voila_arguments(max_kernels, idle_kernel_timeout),
+                   *(f"--VoilaConfiguration.extension_allowlist={name}" for name in PAGE_EXTENSIONS)]
         if not open_browser:
             command.append("--no-browser")
         print(f"polycam-explorer: serving the {'explorer' if atlas is None else 'atlas'} at "

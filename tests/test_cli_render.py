@@ -80,3 +80,29 @@ def test_explain_layer_rule_chooses_the_discovered_layers(tmp_path, sample, rule
     assert rc == 0
     finest = sorted(p.name for p in tmp_path.glob("coffee_pcam+_depth5_*.png"))
     assert finest == [f"coffee_pcam+_depth5_{first}.png"]
+
+
+def test_explain_shows_a_labelled_first_picture_then_exactly_the_plain_outputs(tmp_path, sample, capsys):
+    from polycam_explorer.explain import explain
+
+    seen = []
+
+    def told(line: str) -> None:  # called as the first estimate is on disk
+        preview = tmp_path / "fast" / "coffee_preview.png"
+        seen.append((line, preview.is_file() and Image.open(preview).size))
+
+    kwargs = dict(layers=["blocks.1", "blocks.2"], size=64, progress=False, batch_size=2)
+    explain(str(sample("coffee")), str(tmp_path / "fast"), preview=told, **kwargs)
+    explain(str(sample("coffee")), str(tmp_path / "plain"), **kwargs)
+    assert len(seen) == 1
+    line, size = seen[0]
+    assert "estimate of depth 1" in line and "channels of blocks.2" in line and size == (400, 267)
+    fast = sorted(p.name for p in (tmp_path / "fast").iterdir())
+    assert "coffee_preview.png" not in fast  # an estimate is not left among the results
+    assert fast == sorted(p.name for p in (tmp_path / "plain").iterdir())
+    for name in fast:
+        if name.endswith(".png"):
+            assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+    assert cli.main(["explain", str(sample("coffee")), "--out", str(tmp_path / "cli"), "--size", "64",
+                     "--layers", "blocks.2", "--no-progress"]) == 0
+    assert "first picture after" in capsys.readouterr().out
