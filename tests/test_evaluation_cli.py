@@ -10,6 +10,7 @@ import pytest
 
 import polycam_explorer as pe
 from polycam_explorer import cli, evaluation, runs
+from polycam_explorer import explain as explain_module
 
 ARGS = ["--size", "48", "--no-progress"]
 
@@ -363,6 +364,7 @@ def test_evaluate_warns_when_the_model_returns_nan(tmp_path):
 def tiny_cli(monkeypatch, tmp_path):
     """The CLI with the tiny model whatever --model says, and a sweep that must not run."""
     monkeypatch.setattr(cli, "load_model", lambda *a, **k: _tiny())
+    monkeypatch.setattr(explain_module, "load_model", lambda *a, **k: _tiny())
     return _pictures(tmp_path / "images", ["a.png"])
 
 
@@ -383,7 +385,7 @@ def test_integer_options_refuse_zero_negative_and_text(tmp_path, capsys, command
 
 
 def test_explain_refuses_an_out_of_range_class_before_the_sweep(tmp_path, capsys, monkeypatch, tiny_cli):
-    monkeypatch.setattr(cli, "compute_mapset", lambda *a, **k: pytest.fail("swept before checking --class"))
+    monkeypatch.setattr(explain_module, "iter_mapset", lambda *a, **k: pytest.fail("swept before checking --class"))
     for spec, message in [("5000", "out of range: this model has 5 classes"), ("5", "0..4"), ("c9", "'c9'")]:
         assert cli.main(["explain", str(tiny_cli / "a.png"), "--out", str(tmp_path / "o"), "--class", spec]) == 2
         assert message in capsys.readouterr().err
@@ -392,7 +394,7 @@ def test_explain_refuses_an_out_of_range_class_before_the_sweep(tmp_path, capsys
 @pytest.mark.parametrize("command", ["explain", "generate", "evaluate"])
 @pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
 def test_unwritable_out_is_refused_before_the_work(tmp_path, capsys, monkeypatch, tiny_cli, command, where):
-    monkeypatch.setattr(cli, "compute_mapset", lambda *a, **k: pytest.fail("swept before checking --out"))
+    monkeypatch.setattr(explain_module, "iter_mapset", lambda *a, **k: pytest.fail("swept before checking --out"))
     monkeypatch.setattr(evaluation, "compute_mapset", lambda *a, **k: pytest.fail("swept before checking --out"))
     (tmp_path / "file").write_text("x")
     out = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "out",
