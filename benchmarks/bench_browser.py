@@ -4,8 +4,9 @@
 as tests/browser does. For each control a function running in the page records performance.now(),
 dispatches the input event on the control's element (a change on a select, a click on a button
 or checkbox, an arrow key on a slider handle, mouse down/up on a canvas), and follows the main
-canvas with requestAnimationFrame until its pixels (or its size) differ; the latency is that
-frame's time minus the event's. No Playwright round trip is inside the measured interval.
+canvas with requestAnimationFrame until its pixels (or its size) differ and it is not blank (a
+resized canvas is, until drawn on); the latency is that frame's time minus the event's. No
+Playwright round trip is inside the measured interval.
 Where the time goes: ``arrive_median_ms``, when the first kernel message with binary buffers (the
 canvas commands) reached the page; ``paint_median_ms``, when the main canvas element was last
 drawn on (image decoded and drawn; None when the change replaced the element); the rest is the
@@ -62,15 +63,17 @@ PAGE_JS = r"""() => {
     lnorm: i => [...document.querySelectorAll('label')].find(l => l.textContent.trim() === 'LNorm')
       .querySelector('input').click(),
     compare: i => select('compare', i % 2),
-    strip: i => { const s = strip(), f = i % 2 ? 0.1 : 0.9; mouse(s, 'mousedown', f, 0.5); mouse(s, 'mouseup', f, 0.5); },
+    strip: i => { const s = strip(), f = i % 2 ? 0.1 : 0.9;  // depth 1, then the full depth
+      mouse(s, 'mousedown', f, 0.5); mouse(s, 'mouseup', f, 0.5); },
     image: i => select('image', i % 2),
     zoom: i => { const c = main(); mouse(c, 'mousedown', 0.25, 0.25); mouse(c, 'mouseup', 0.75, 0.75); },
     reset_zoom: i => button('reset zoom'),
   };
+  // null while there is no canvas or it is blank (a resized canvas is, until drawn on)
   const hash = () => { const c = main(); if (!c || !c.width) return null;
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let h = 0; for (let k = 0; k < d.length; k += 7) h = (h * 31 + d[k]) | 0;
-    return h + ':' + c.width + 'x' + c.height; };
+    let h = 0, any = 0; for (let k = 0; k < d.length; k += 7) { h = (h * 31 + d[k]) | 0; any |= d[k]; }
+    return any ? h + ':' + c.width + 'x' + c.height : null; };
   const draw = CanvasRenderingContext2D.prototype.drawImage;
   CanvasRenderingContext2D.prototype.drawImage = function (...args) {
     if (this.canvas === main()) window.__paintedAt = performance.now();
@@ -81,9 +84,10 @@ PAGE_JS = r"""() => {
       window.__paintedAt = -1;
       const t0 = performance.now();
       actions[control](i);
-      const frame = (t) => {
+      const frame = () => {
         const now = performance.now();
-        if (hash() !== before) {
+        const now_hash = hash();
+        if (now_hash !== null && now_hash !== before) {
           const arrived = window.__binaryAt.find(a => a >= t0);
           resolve({ms: now - t0, paint: window.__paintedAt >= t0 ? window.__paintedAt - t0 : null,
                    arrive: arrived === undefined ? null : arrived - t0});
