@@ -70,12 +70,12 @@ class Atlas(W.HBox):
 
     Raises:
         ValueError: a folder that does not exist, a bad size, ``model`` with ``compare``.
+        TypeError: something else than a folder or an Index.
     """
 
     def __init__(self, folder_or_index: Source, *, model: torch.nn.Module | None = None,
                  compare: Source | None = None, page_size: int = 48, columns: int | None = None,
-                 variant: str = "+-",
-                 cmap: str = "turbo", panel_size: int = 320,
+                 variant: str = "+-", cmap: str = "turbo", panel_size: int = 320,
                  export_dir: str | os.PathLike | None = None) -> None:
         if model is not None and compare is not None:
             raise ValueError("model= is for one folder: comparing, the explorer holds two models' map sets "
