@@ -222,18 +222,21 @@ def test_class_dropdown_lists_top_predictions_with_probabilities_first(tiny_x):
     ms = pe.compute_mapset(model, tiny_x, progress=False)
     ex = pe.Explorer(ms, size=SIZE)
     try:
-        options = list(ex.klass.options)
-        assert len(options) == 12 and sorted(v for _, v in options) == list(range(12))
         top = ms.topk(10)
-        assert options[:10] == [(f"{n} ({p:.3f})", i) for i, n, p in top]
-        probs = [float(re.search(r"\((\d\.\d+)\)$", label).group(1)) for label, _ in options[:10]]
+        assert list(ex.klass.options) == [(f"{n} ({p:.3f})", i) for i, n, p in top]  # a short list
+        probs = [float(re.search(r"\((\d\.\d+)\)$", label).group(1)) for label, _ in ex.klass.options]
         assert probs == sorted(probs, reverse=True)
-        rest = options[10:]
-        assert rest == sorted((names[i], i) for i in set(range(12)) - {t[0] for t in top})
         assert ex.klass.value == top[0][0]
         assert sorted(ex.search.options) == names  # every class is searchable by name
-        ex.search.value = rest[0][0]
-        assert ex.klass.value == rest[0][1]
+        rest = sorted((names[i], i) for i in set(range(12)) - {t[0] for t in top})
+        ex.search.value = rest[0][0]  # a class beyond the top: it joins the list, after them
+        assert ex.klass.value == rest[0][1] == ex.state.klass
+        assert list(ex.klass.options)[:10] == [(f"{n} ({p:.3f})", i) for i, n, p in top]
+        assert list(ex.klass.options)[10] == (f"{rest[0][0]} ({float(ms.probs[rest[0][1]]):.3f})", rest[0][1])
+        ex.state.klass = rest[1][1]  # from a script, the same
+        assert ex.klass.value == rest[1][1] and len(ex.klass.options) == 11
+        ex.state.klass = top[3][0]  # back among the top: the list stays as it is
+        assert ex.klass.value == top[3][0]
     finally:
         ex.close()
 

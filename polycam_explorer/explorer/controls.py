@@ -23,6 +23,9 @@ from .state import MODES, ViewState
 from .store import Event, Store
 
 
+TOP_CLASSES = 10  # the class dropdown's top predictions; every class is found by the search box
+
+
 class OpacitySlider(W.FloatSlider):
     """A FloatSlider that refuses NaN and infinities (a plain one stores NaN and the view breaks)."""
 
@@ -106,13 +109,15 @@ class Controls:
         self.progress_label = W.HTML()
         self._sweeping: Optional[str] = None  # the image whose sweep the label follows
         self._other_options: tuple = ()  # the image's class options, for "against" once shown
+        self._top_options: list[tuple[str, int]] = []  # the image's top predictions, for the class list
         self._clock = Clock()
         self.stop_button = W.Button(description="cancel", layout=W.Layout(display="none"))
 
         self.bindings = Bindings(state)
-        for name in ("image", "klass", "other_class", "variant", "lnorm", "mode", "cmap", "opacity", "compare"):
+        for name in ("image", "other_class", "variant", "lnorm", "mode", "cmap", "opacity", "compare"):
             widget = self.image_picker if name == "image" else getattr(self, name)
             self.bindings.bind(name, widget)
+        self.bindings.bind("klass", self.klass, to_widget=self._listed_class)
         self.bindings.bind("depth", self.depth, to_widget=self._shown_depth)
         state.observe(self._on_mode, names="mode")
         state.observe(self._on_klass, names="klass")
@@ -126,14 +131,24 @@ class Controls:
         options = [v for _, v in self.depth.options]
         return min(depth, max(options)) if options else depth
 
+    def _listed_class(self, klass: int) -> int:
+        """The class dropdown lists the top predictions (a short list: re-listing all 1,000
+        ImageNet names cost the browser ~15 ms per image switch); a class chosen otherwise (the
+        search box, the state) joins it, after them."""
+        ms = self.store.get(self.state.image)
+        if ms is not None and 0 <= klass < len(ms.class_names) and klass not in {v for _, v in self.klass.options}:
+            self.klass.options = [*self._top_options, (f"{ms.class_names[klass]} ({float(ms.probs[klass]):.3f})", klass)]
+        return klass
+
     def show_image(self, ms: MapSet) -> None:
         """Set the class, search and depth options for ``ms`` (the state is not touched)."""
-        top = ms.topk(10)
+        top = ms.topk(TOP_CLASSES)
         ranked = {t[0] for t in top}
-        options = [(f"{n} ({p:.3f})", i) for i, n, p in top]
-        options += sorted((n, i) for i, n in enumerate(ms.class_names) if i not in ranked)
+        self._top_options = [(f"{n} ({p:.3f})", i) for i, n, p in top]
+        options = self._top_options + sorted((n, i) for i, n in enumerate(ms.class_names) if i not in ranked)
         with self.bindings.paused():
-            self.klass.options = options
+            self.klass.options = self._top_options
+            self._listed_class(self.state.klass)
             # the hidden "against" list follows when shown: re-listing every class costs the
             # browser tens of ms per image switch; a list of other classes is replaced at once
             self._other_options = tuple(options)
