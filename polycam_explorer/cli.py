@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_argument(p)
     p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--size", type=SIZE, help="resize the image to SIZE x SIZE (default: the model's input size)")
-    p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS)
+    p.add_argument("--cmap", default="turbo", choices=render.COLORMAPS,
+                   help="colour map of the overlays (default: turbo)")
     p.add_argument("--save-mapset", action="store_true", help="also write the map set (.npz, fp16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-preview", action="store_true",
@@ -126,7 +127,7 @@ def _index_arguments(sub) -> None:
                                     "(default: the labels of the previous build)")
     i.add_argument("--report", metavar="FILE.html",
                    help="then write a self-contained HTML report of every indexed map set (to share)")
-    i.add_argument("--no-progress", action="store_true")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _index(args: argparse.Namespace) -> None:
@@ -161,7 +162,7 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
     _layer_rule_argument(p)
     _backend_argument(p)
     p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:

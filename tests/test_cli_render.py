@@ -106,3 +106,15 @@ def test_explain_shows_a_labelled_first_picture_then_exactly_the_plain_outputs(t
     assert cli.main(["explain", str(sample("coffee")), "--out", str(tmp_path / "cli"), "--size", "64",
                      "--layers", "blocks.2", "--no-progress"]) == 0
     assert "first picture after" in capsys.readouterr().out
+
+
+def test_every_subcommand_and_option_has_help_text():
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helped = {c.dest for c in sub._choices_actions if c.help}
+    assert helped == set(sub.choices), set(sub.choices) - helped
+    for name, command in sub.choices.items():
+        bare = [a.option_strings or a.dest for a in command._actions if not a.help]
+        assert not bare, f"{name}: {bare} have no help text"
