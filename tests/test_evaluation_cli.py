@@ -13,21 +13,12 @@ from polycam_explorer import cli, evaluation, runs
 from polycam_explorer import explain as explain_module
 
 ARGS = ["--size", "48", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def own_cache(monkeypatch, tmp_path):
-    """generate never reads the explorer's disk cache; keep the user's out of these tests anyway."""
-    monkeypatch.setenv("POLYCAM_EXPLORER_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("own_cache")  # generate never reads that cache; keep the user's out anyway
 
 
 @pytest.fixture
-def images(tmp_path, sample):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in ("chelsea", "coffee"):
-        shutil.copy(sample(name), folder / f"{name}.jpg")
-    return folder
+def images(sample_folder):
+    return sample_folder("chelsea", "coffee")
 
 
 def _generate(images, out, *extra):
@@ -125,7 +116,7 @@ def test_image_list_selects_images_and_reports_missing_ones(images, tmp_path, ca
 def test_torchrun_two_processes_equal_one(images, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     one, two = tmp_path / "one", tmp_path / "two"
-    base = ["-m", "polycam_explorer.cli", "generate", "--images", str(images), *ARGS]
+    base = ["-m", "polycam_explorer.cli", "generate", "--images", str(images), "--save-mapsets", *ARGS]
     subprocess.run([sys.executable, *base, "--out", str(one)], env=env, check=True, capture_output=True)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *base,
                           "--out", str(two)], env=env, capture_output=True, text=True)
@@ -147,6 +138,14 @@ def test_torchrun_two_processes_equal_one(images, tmp_path):
     assert (one / "summary.csv").read_text() == (two / "summary.csv").read_text()
     assert (one / "del_details_efficientnet_lite0_pcampm.csv").read_bytes() == \
         (two / "del_details_efficientnet_lite0_pcampm.csv").read_bytes()
+    # the atlas index of the map sets the ranks wrote is the one-process index, Ins-Del included
+    from polycam_explorer.atlas import open_index
+
+    with open_index(one / "mapsets") as a, open_index(two / "mapsets") as b:
+        rows_a, rows_b = a.rows(sort="file"), b.rows(sort="file")
+        assert len(rows_a) == 2 and all(r.insdel("+-") is not None for r in rows_a)
+        assert [(r.file, r.pred_class, r.insdel("+-")) for r in rows_a] == \
+            [(r.file, r.pred_class, r.insdel("+-")) for r in rows_b]
 
 
 # --- issue 9: nothing silently wrong or lost (tiny model, Python API and CLI checks) ---
