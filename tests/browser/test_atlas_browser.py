@@ -4,10 +4,6 @@ a click on a thumbnail opens the explorer with its canvas drawn."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TinyNet
+from harness import chromium, require_chromium, server, wait_listening, wait_printed
 
 import polycam_explorer as pe
 from polycam_explorer.atlas import open_index
@@ -22,9 +19,6 @@ from polycam_explorer.atlas.grid import PAD
 from polycam_explorer.atlas.selection import SORTS
 from polycam_explorer.atlas.store import FILE_NAME
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 # [hash, sum, width, height] of the n-th canvas's pixels (null while it has none)
 CANVAS_JS = """(n) => { const c = document.querySelectorAll('canvas')[n]; if (!c || !c.width) return null;
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -39,8 +33,7 @@ N = 6
 
 @pytest.fixture(scope="module")
 def atlas_url(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is needed for the browser tests: apt-get install chromium")
+    require_chromium()
     folder = tmp_path_factory.mktemp("atlas")
     model = pe.Classifier(TinyNet(seed=3).eval(), name="tiny3", mean=(0.5,) * 3, std=(0.5,) * 3,
                           input_size=(16, 16), class_names=[f"c{i}" for i in range(5)])
@@ -48,36 +41,14 @@ def atlas_url(tmp_path_factory):
         x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) * (1 + i % 4 * 3)
         pe.compute_mapset(model, x, progress=False).save(folder / f"img{i}.mapset.npz")
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
-    log = open(log_path, "w")
     env = dict(os.environ, PYTHONPATH=str(Path(pe.__file__).parents[1]))  # the kernel imports this package
-    proc = subprocess.Popen([sys.executable, "-m", "polycam_explorer.cli", "serve", "--atlas", str(folder),
-                             "--no-browser", "--port=8930"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(120):
-            printed = re.search(r"serving the atlas at (http://127\.0\.0\.1:\d+/)", log_path.read_text())
-            if printed:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"serve printed no URL; see {log_path}: {log_path.read_text()[-2000:]}")
+    with server([sys.executable, "-m", "polycam_explorer.cli", "serve", "--atlas", str(folder), "--no-browser",
+                 "--port=8930"], log_path, env=env) as proc:
+        printed = wait_printed(r"serving the atlas at (http://127\.0\.0\.1:(\d+)/)", log_path)
         text = log_path.read_text()
         assert (folder / FILE_NAME).is_file() and f"{N} added" in text  # indexed before serving
-        url = printed.group(1)
-        port = int(url.rstrip("/").rsplit(":", 1)[1])
-        for _ in range(240):  # listening (a GET would run the notebook in a kernel of its own)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"voila did not start; see {log_path}")
-        yield url, folder, log_path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        wait_listening(int(printed.group(2)), log_path, proc)
+        yield printed.group(1), folder, log_path
 
 
 def _wait(page, n: int, before, what: str):
@@ -90,45 +61,39 @@ def _wait(page, n: int, before, what: str):
 
 
 def test_grid_sort_and_click_open_the_explorer(atlas_url):
-    from playwright.sync_api import sync_playwright
-
     url, folder, log_path = atlas_url
     with open_index(folder) as index:  # the two orders differ, so the pixels must move
         assert index.files(sort="-confidence") != index.files(sort="-image")
         first = index.query(sort="-image", limit=1)[0].image  # "highest first" is ticked
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        outside, errors = [], []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
+            (url, "data:", "blob:")) else None)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url, timeout=120_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            outside, errors = [], []
-            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
-                (url, "data:", "blob:")) else None)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(url, timeout=120_000)
-            try:
-                page.wait_for_selector("canvas", timeout=120_000)
-            except Exception as exc:  # noqa: BLE001 - say what the server said
-                pytest.fail(f"no canvas on the page ({exc}); the server's log ends with:\n"
-                            f"{log_path.read_text()[-3000:]}\nand the page shows: {page.inner_text('body')[-1000:]}")
-            grid = _wait(page, 0, None, "the atlas opened")
-            assert page.locator("canvas").count() == 1  # the grid only: no explorer yet
-            assert page.evaluate(WHITE_JS) > 0.2  # thumbnails drawn, not a blank page
-            assert page.get_by_text(f"{N} of {N} images").count() == 1
+            page.wait_for_selector("canvas", timeout=120_000)
+        except Exception as exc:  # noqa: BLE001 - say what the server said
+            pytest.fail(f"no canvas on the page ({exc}); the server's log ends with:\n"
+                        f"{log_path.read_text()[-3000:]}\nand the page shows: {page.inner_text('body')[-1000:]}")
+        grid = _wait(page, 0, None, "the atlas opened")
+        assert page.locator("canvas").count() == 1  # the grid only: no explorer yet
+        assert page.evaluate(WHITE_JS) > 0.2  # thumbnails drawn, not a blank page
+        assert page.get_by_text(f"{N} of {N} images").count() == 1
 
-            sort = page.locator("select").nth(1)  # colormap, then "sort by"
-            options = sort.inner_text().replace("\xa0", " ").split("\n")  # ipywidgets writes no-break spaces
-            assert options == [title for title, _ in SORTS]
-            sort.select_option(index=[key for _, key in SORTS].index("image"))
-            sorted_grid = _wait(page, 0, grid, "sorting by image name")
-            assert sorted_grid[2:] == grid[2:]  # the same page size, other pixels
+        sort = page.locator("select").nth(1)  # colormap, then "sort by"
+        options = sort.inner_text().replace("\xa0", " ").split("\n")  # ipywidgets writes no-break spaces
+        assert options == [title for title, _ in SORTS]
+        sort.select_option(index=[key for _, key in SORTS].index("image"))
+        sorted_grid = _wait(page, 0, grid, "sorting by image name")
+        assert sorted_grid[2:] == grid[2:]  # the same page size, other pixels
 
-            page.locator("canvas").first.click(position={"x": PAD + 20, "y": PAD + 20})
-            page.wait_for_function("document.querySelectorAll('canvas').length > 1", timeout=60_000)
-            explorer = _wait(page, 1, None, "opening a thumbnail")
-            assert explorer[2] == 320  # the explorer's main panel, drawn
-            assert page.get_by_text(f"opened {first}").count() == 1
+        page.locator("canvas").first.click(position={"x": PAD + 20, "y": PAD + 20})
+        page.wait_for_function("document.querySelectorAll('canvas').length > 1", timeout=60_000)
+        explorer = _wait(page, 1, None, "opening a thumbnail")
+        assert explorer[2] == 320  # the explorer's main panel, drawn
+        assert page.get_by_text(f"opened {first}").count() == 1
 
-            assert not outside, f"the page requested addresses outside the machine: {outside}"
-            assert not errors, f"errors in the browser console: {errors[:5]}"
-        finally:
-            browser.close()
+        assert not outside, f"the page requested addresses outside the machine: {outside}"
+        assert not errors, f"errors in the browser console: {errors[:5]}"

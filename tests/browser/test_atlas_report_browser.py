@@ -3,28 +3,23 @@ file:// URL with no server: every image loads, the console shows no error, nothi
 from anywhere but the file itself, and a click on a column header sorts the rows."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TinyNet
+from harness import chromium, require_chromium
 
 import polycam_explorer as pe
 from polycam_explorer.atlas import build_index
 from polycam_explorer.atlas.report import write_report
 
-from conftest import TinyNet
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 N = 6
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> tuple[Path, list]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is needed for the browser tests: apt-get install chromium")
+    require_chromium()
     folder = tmp_path_factory.mktemp("atlas")
     model = pe.Classifier(TinyNet().eval(), name="tiny", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(16, 16),
                           class_names=[f"c{i}" for i in range(5)])
@@ -37,33 +32,27 @@ def report(tmp_path_factory) -> tuple[Path, list]:
 
 
 def test_the_report_opens_offline_and_shows_its_images(report):
-    from playwright.sync_api import sync_playwright
-
     path, rows = report
     url = path.as_uri()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            outside, errors = [], []
-            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:")) else None)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load")
-            sizes = page.evaluate("() => Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
-                                  "i.naturalHeight, i.getBoundingClientRect().width])")
-            assert len(sizes) >= 2 * N  # a photo and a map per row, and the mean maps
-            assert all(done and w > 0 and h > 0 and shown > 0 for done, w, h, shown in sizes), sizes
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        outside, errors = [], []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:")) else None)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url, wait_until="load")
+        sizes = page.evaluate("() => Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
+                              "i.naturalHeight, i.getBoundingClientRect().width])")
+        assert len(sizes) >= 2 * N  # a photo and a map per row, and the mean maps
+        assert all(done and w > 0 and h > 0 and shown > 0 for done, w, h, shown in sizes), sizes
 
-            def order(): return page.evaluate(
-                "() => Array.from(document.querySelectorAll('#rows tbody tr')).map(r => r.dataset.file)")
-            assert order() == [r.file for r in rows]
-            header = page.locator("#rows th", has_text="Probability")
-            header.click()
-            assert order() == [r.file for r in sorted(rows, key=lambda r: r.confidence)]
-            header.click()
-            assert order() == [r.file for r in sorted(rows, key=lambda r: -r.confidence)]
-            assert not outside, f"the report requested addresses outside its file: {outside}"
-            assert not errors, f"errors in the browser console: {errors[:5]}"
-        finally:
-            browser.close()
+        def order(): return page.evaluate(
+            "() => Array.from(document.querySelectorAll('#rows tbody tr')).map(r => r.dataset.file)")
+        assert order() == [r.file for r in rows]
+        header = page.locator("#rows th", has_text="Probability")
+        header.click()
+        assert order() == [r.file for r in sorted(rows, key=lambda r: r.confidence)]
+        header.click()
+        assert order() == [r.file for r in sorted(rows, key=lambda r: -r.confidence)]
+        assert not outside, f"the report requested addresses outside its file: {outside}"
+        assert not errors, f"errors in the browser console: {errors[:5]}"

@@ -4,20 +4,12 @@ figure" shows a download button; clicking it downloads exactly the bytes written
 folder, offline (a data: URL, no server route)."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 from conftest import TinyNet
-from test_lab_notebook import PAGES
-from test_lab_notebook import _start as start_jupyter
-from test_voila_app import ARGS, CHROMIUM
+from harness import PAGES, chromium, jupyter, one_cell_notebook, require_chromium, voila
 
 import polycam_explorer as pe
 
@@ -33,78 +25,43 @@ def _notebook(folder: Path) -> Path:
             f"explorer = pe.Explorer(pe.MapSet.load({str(folder / 'tiny.mapset.npz')!r}), size=200, "
             f"export_dir={str(folder / 'exports')!r})\n"
             "explorer")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, folder / "app.ipynb")
-    return folder / "app.ipynb"
-
-
-def _start_voila(folder: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(folder / "voila.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voila", str(folder / "app.ipynb"), "--no-browser",
-                             f"--port={port}", "--Voila.ip=127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=folder)
-    log.close()
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    proc.terminate()
-    pytest.fail(f"voila did not start: {(folder / 'voila.log').read_text()[-2000:]}")
+    return one_cell_notebook(folder / "app.ipynb", code)
 
 
 @pytest.mark.parametrize("app", ["voila", *sorted(PAGES)])
 def test_the_download_button_downloads_the_exported_file(app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is needed for the browser tests: apt-get install chromium")
-    _notebook(tmp_path)
-    proc, base = _start_voila(tmp_path) if app == "voila" else start_jupyter(app, tmp_path, tmp_path / "cache")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            try:
-                page = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1400}).new_page()
-                outside: list[str] = []  # the export and its download fetch nothing from elsewhere
-                page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
-                    (base, "data:", "blob:")) else None)
-                if app == "voila":
-                    page.goto(base, timeout=120_000)
-                else:
-                    page.goto(base + PAGES[app], timeout=120_000)
-                    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
-                    page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click(timeout=120_000)
-                    page.keyboard.press("Shift+Enter")
-                page.wait_for_selector("canvas", timeout=120_000)
-                page.get_by_role("tab", name="Export").click()
-                outside.clear()  # from here on (plain `voila` itself asks a CDN for an icon font; `serve` does not)
-                page.get_by_label("format").select_option(label="SVG (vector)")
-                page.get_by_role("button", name="export figure").click()
-                button = page.locator("a.polycam-download")
-                button.wait_for(timeout=60_000)
-                written = sorted((tmp_path / "exports").glob("*.svg"))
-                assert len(written) == 1 and str(written[0]) in page.content()  # the full path is shown
-                with page.expect_download(timeout=60_000) as info:
-                    button.click()
-                download = info.value
-                assert download.failure() is None
-                assert download.suggested_filename == written[0].name
-                assert Path(download.path()).read_bytes() == written[0].read_bytes()
-                assert not outside, f"the page requested addresses outside the machine: {outside[:5]}"
-            except Exception:
-                page.screenshot(path=str(tmp_path / "failure.png"))
-                raise
-            finally:
-                browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    require_chromium()
+    notebook = _notebook(tmp_path)
+    server = voila(notebook) if app == "voila" else jupyter(app, tmp_path, tmp_path / "cache")
+    with server as base, chromium() as browser:
+        try:
+            page = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1400}).new_page()
+            outside: list[str] = []  # the export and its download fetch nothing from elsewhere
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
+                (base, "data:", "blob:")) else None)
+            if app == "voila":
+                page.goto(base, timeout=120_000)
+            else:
+                page.goto(base + PAGES[app], timeout=120_000)
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
+                page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click(timeout=120_000)
+                page.keyboard.press("Shift+Enter")
+            page.wait_for_selector("canvas", timeout=120_000)
+            page.get_by_role("tab", name="Export").click()
+            outside.clear()  # from here on (plain `voila` itself asks a CDN for an icon font; `serve` does not)
+            page.get_by_label("format").select_option(label="SVG (vector)")
+            page.get_by_role("button", name="export figure").click()
+            button = page.locator("a.polycam-download")
+            button.wait_for(timeout=60_000)
+            written = sorted((tmp_path / "exports").glob("*.svg"))
+            assert len(written) == 1 and str(written[0]) in page.content()  # the full path is shown
+            with page.expect_download(timeout=60_000) as info:
+                button.click()
+            download = info.value
+            assert download.failure() is None
+            assert download.suggested_filename == written[0].name
+            assert Path(download.path()).read_bytes() == written[0].read_bytes()
+            assert not outside, f"the page requested addresses outside the machine: {outside[:5]}"
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            raise
