@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny seeded CNN for the logic, the embedded model for the real thing."""
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,25 @@ def sample() -> callable:
     def path(name: str) -> Path:
         return DATA / f"{name}.jpg"
     return path
+
+
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path) -> None:
+    """The explorer's disk cache (POLYCAM_EXPLORER_CACHE) is this test's own folder, never the user's."""
+    monkeypatch.setenv("POLYCAM_EXPLORER_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def sample_folder(tmp_path, sample) -> Callable[..., Path]:
+    """``sample_folder("chelsea", "coffee")``: a new folder ``tmp_path / "images"`` holding copies of
+    those sample photos, named ``chelsea.jpg`` and ``coffee.jpg``."""
+    def make(*names: str) -> Path:
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for name in names:
+            shutil.copy(sample(name), folder / f"{name}.jpg")
+        return folder
+    return make
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ tiny model); rows of another model, class or input size, and per-depth maps, are
 from __future__ import annotations
 
 import csv
-import shutil
 
 import pytest
 
@@ -15,20 +14,12 @@ from polycam_explorer.atlas.store import FILE_NAME
 
 N_STEPS = 8
 NAMES = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("POLYCAM_EXPLORER_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 @pytest.fixture
-def images(tmp_path, sample):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in NAMES:
-        shutil.copy(sample(name[:-4]), folder / name)
-    return folder
+def images(sample_folder):
+    return sample_folder(*(name[:-4] for name in NAMES))
 
 
 def _aucs(out, kind: str, method: str) -> dict[str, float]:
