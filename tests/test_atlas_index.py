@@ -315,3 +315,54 @@ def test_files_give_the_query_order_without_rows_and_unknown_filters_are_refused
         assert index.files(**kwargs) == [r.file for r in index.query(**kwargs)]
     with pytest.raises(ValueError, match="unknown filter"):
         index.query(confidence=0.5)
+
+
+def _plain_small(ms: pe.MapSet, c: int) -> np.ndarray:
+    """The index's small maps of class ``c`` computed by hand: full-depth saliency per variant,
+    area-resampled to 32 x 32, stored as float16."""
+    maps = [torch.nn.functional.interpolate(ms.saliency(c, v, ms.depth_available)[None, None].float(),
+                                            size=(32, 32), mode="area")[0, 0] for v in ("+", "-", "+-")]
+    return torch.stack(maps).numpy().astype(np.float16).astype(np.float32)
+
+
+def test_label_maps_are_the_labelled_class_maps_and_follow_a_label_change(tmp_path, mapsets, count_loads):
+    _write(tmp_path, mapsets[:4])
+    pred = [ms.topk(1)[0][0] for ms in mapsets[:4]]
+    other = [(c + 1) % 5 for c in pred]
+    labels = {"img0": f"C{other[0]}", "img1": f"c{pred[1]}", "img2": "dog"}  # another class / the predicted / none
+    index = build_index(tmp_path, labels=labels, progress=False)
+    found = index.label_maps(index.rows())
+    assert np.array_equal(found["img0.mapset.npz"], _plain_small(mapsets[0], other[0]))
+    assert not np.array_equal(found["img0.mapset.npz"], index.small_maps(["img0.mapset.npz"])["img0.mapset.npz"])
+    assert np.array_equal(found["img1.mapset.npz"], _plain_small(mapsets[1], pred[1]))
+    assert found["img2.mapset.npz"] is None and found["img3.mapset.npz"] is None  # names no class; no label
+    index.set_insdel("img0.mapset.npz", {"+-": 0.25})
+    count_loads.clear()
+    index = build_index(tmp_path, labels={**labels, "img3": str(other[3])}, progress=False)  # by class index
+    assert count_loads == ["img3.mapset.npz"]  # only the relabelled map set is read, for its label's maps
+    assert np.array_equal(index.label_maps(["img3.mapset.npz"])["img3.mapset.npz"], _plain_small(mapsets[3], other[3]))
+    assert index.row("img0.mapset.npz").insdel("+-") == 0.25  # a label change keeps Ins-Del
+    index = build_index(tmp_path, labels={}, progress=False)
+    assert set(index.label_maps(index.rows()).values()) == {None}
+
+
+def test_an_old_schema_index_is_rebuilt(tmp_path, mapsets, count_loads):
+    from polycam_explorer.atlas.selection import open_or_build
+    from polycam_explorer.atlas.store import SCHEMA_VERSION
+
+    _write(tmp_path, mapsets[:3])
+    build_index(tmp_path, labels={"img0": "c1"}, progress=False).close()
+    con = sqlite3.connect(tmp_path / FILE_NAME)
+    with con:  # what schema 3 lacked: the label's class and maps
+        con.execute("ALTER TABLE blobs DROP COLUMN label_maps")
+        con.execute("ALTER TABLE blobs DROP COLUMN label_class")
+        con.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    con.close()
+    with pytest.raises(ValueError, match=f"schema 3, this polycam-explorer reads schema {SCHEMA_VERSION}"):
+        atlas.open_index(tmp_path)
+    count_loads.clear()
+    index = open_or_build(tmp_path, progress=False)
+    assert sorted(count_loads) == [f"img{i}.mapset.npz" for i in range(3)]  # every map set read again
+    assert index.last_build.added == 3 and len(index) == 3
+    assert index.row("img0.mapset.npz").label == "c1"  # the remembered labels source is kept
+    index.close()

@@ -10,7 +10,6 @@ goes on from there.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -19,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -28,20 +27,15 @@ import torch.nn.functional as F
 from .. import render
 from ..mapset import MapSet
 from . import store
+from .labels import SUFFIX, AtlasSkipWarning, Labels, is_correct, label_class, label_source, labels_of
 from .store import VARIANTS, transaction
 
-SUFFIX = ".mapset.npz"
 THUMB_SIZE = 128  # longest side of a thumbnail, pixels (smaller images keep their size)
 MAP_SIZE = 32  # side of the small stored maps (aggregates), pixels
 COMMIT_EVERY = 32  # files per transaction
 COMMIT_SECONDS = 2.0  # or this long, whichever comes first
 
-Labels = Union[None, str, os.PathLike, Mapping[str, str]]
 Progress = Union[bool, Callable[[int, int], None]]
-
-
-class AtlasSkipWarning(UserWarning):
-    """A file in the folder is not a readable map set; it was left out of the index."""
 
 
 @dataclass
@@ -101,94 +95,6 @@ def image_names(folder: Path, files: list[str]) -> dict[str, str]:
     return names
 
 
-# ----- labels -----------------------------------------------------------------------------
-def label_source(labels: Labels) -> dict | None:
-    """The label source as stored in the index (so a later build without ``labels`` reuses it).
-
-    Raises:
-        ValueError: a csv that does not exist, or an unknown kind of ``labels``.
-    """
-    if labels is None:
-        return None
-    if isinstance(labels, Mapping):
-        return {"kind": "dict", "labels": {str(k): str(v) for k, v in labels.items()}}
-    if isinstance(labels, (str, os.PathLike)):
-        if str(labels) == "folders":
-            return {"kind": "folders"}
-        path = Path(labels)
-        if not path.is_file():
-            raise ValueError(f"labels file {str(labels)!r} does not exist (give a csv of image,label rows, "
-                             "'folders' for class-named subfolders, or a dict)")
-        return {"kind": "csv", "path": str(path.resolve())}
-    raise ValueError(f"labels must be None, a csv path, 'folders' or a dict image -> label, got {labels!r}")
-
-
-def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
-    """``image,label`` rows (a header row ``image,label`` is allowed; blank lines are ignored).
-
-    Raises:
-        ValueError: a row without two fields (the line is named).
-    """
-    labels = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for number, row in enumerate(csv.reader(f), 1):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) < 2:
-                raise ValueError(f"{str(path)!r} line {number}: expected image,label, got {row!r}")
-            image, label = row[0].strip(), row[1].strip()
-            if number == 1 and (image.lower(), label.lower()) == ("image", "label"):
-                continue
-            labels[image] = label
-    return labels
-
-
-def labels_of(source: dict | None, files: Mapping[str, str]) -> dict[str, str | None] | None:
-    """The label of each file (``files``: file -> image name), or None without a source.
-
-    A csv (or dict) entry matches the image name, the image name without its extension, or the
-    file name without ``.mapset.npz``; with ``folders``, a file's label is its first folder.
-    """
-    if source is None:
-        return None
-    if source["kind"] == "folders":
-        return {f: (f.split("/")[0] if "/" in f else None) for f in files}
-    if source["kind"] == "csv":
-        try:
-            table = read_labels_csv(source["path"])
-        except OSError as exc:
-            warnings.warn(f"the labels file {source['path']!r} cannot be read ({exc.strerror or exc}); "
-                          "labels are left as they were", AtlasSkipWarning, stacklevel=3)
-            return None
-    else:
-        table = source["labels"]
-    table = dict(table)
-    for key, value in list(table.items()):
-        table.setdefault(_drop_extension(key), value)
-    out = {}
-    for f, image in files.items():
-        stem = Path(f).name[: -len(SUFFIX)]
-        out[f] = next((table[k] for k in (image, _drop_extension(image), stem) if k in table), None)
-    return out
-
-
-def _drop_extension(name: str) -> str:
-    base, ext = os.path.splitext(name)
-    return base if ext and len(ext) <= 6 else name
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
-
-
-def is_correct(label: str | None, pred_class: int, pred_name: str) -> int | None:
-    """1 when the label names the predicted class (its name, ignoring case, ``_`` and ``-``, or its
-    index), 0 when not, None without a label."""
-    if label is None:
-        return None
-    return int(_norm(label) == _norm(pred_name) or label.strip() == str(pred_class))
-
-
 # ----- one map set -> one row -------------------------------------------------------------
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -198,8 +104,29 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def small_maps(ms: MapSet, class_idx: int, *, map_size: int = MAP_SIZE,
+               full: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+    """The small maps the index stores for one class: its full-depth (the deepest probed) map of
+    each variant (``+``, ``-``, ``+-``), area-resampled from the input frame to ``map_size`` square,
+    as ``[3, S, S]`` float16. ``full``: those full-depth maps when already made."""
+    full = full or {v: ms.saliency(class_idx, v, ms.depth_available) for v in VARIANTS}
+    small = torch.stack([F.interpolate(full[v][None, None].float(), size=(map_size, map_size), mode="area")[0, 0]
+                         for v in VARIANTS])
+    return small.cpu().numpy().astype(np.float16)
+
+
+def label_columns(ms: MapSet, label: str | None, *, map_size: int = MAP_SIZE) -> tuple[int | None, bytes | None]:
+    """``(label_class, label_maps)`` of a row: the class the label names (None: no label, or one
+    naming no class of the model) and its :func:`small_maps` bytes when it is not the predicted
+    class (None otherwise: the predicted class's ``maps`` are the label's)."""
+    c = label_class(label, ms.class_names)
+    if c is None or c == ms.topk(1)[0][0]:
+        return c, None
+    return c, small_maps(ms, c, map_size=map_size).tobytes()
+
+
 def row_of(ms: MapSet, *, thumb_size: int = THUMB_SIZE, map_size: int = MAP_SIZE) -> dict:
-    """The columns read from a loaded map set (everything but the file's identity and label)."""
+    """The columns read from a loaded map set (everything but the file's identity and the label's)."""
     top = ms.topk(5)
     c = top[0][0]
     if ms.depth_available == 0:
@@ -207,8 +134,6 @@ def row_of(ms: MapSet, *, thumb_size: int = THUMB_SIZE, map_size: int = MAP_SIZE
     # H x W in [0, 1] at the full depth (the deepest probed of a map set saved mid-sweep)
     full = {v: ms.saliency(c, v, ms.depth_available) for v in VARIANTS}
     plus, minus = full["+"], full["-"]
-    small = torch.stack([F.interpolate(full[v][None, None].float(), size=(map_size, map_size), mode="area")[0, 0]
-                         for v in VARIANTS])
     image = render.image_uint8(ms.image, ms.mean, ms.std)
     picture = render.overlay(image, full["+-"], "turbo", 0.5)
     return {
@@ -216,7 +141,7 @@ def row_of(ms: MapSet, *, thumb_size: int = THUMB_SIZE, map_size: int = MAP_SIZE
         "n_layers": len(ms.layers), "n_classes": ms.num_classes, "pred_class": c, "pred_name": top[0][1],
         "confidence": top[0][2], "top5": json.dumps([[i, n, p] for i, n, p in top]),
         "context": float((minus - plus).clamp(min=0).mean()), "plus_minus_diff": float((minus - plus).abs().mean()),
-        "layers": json.dumps(ms.layers), "maps": small.cpu().numpy().astype(np.float16).tobytes(),
+        "layers": json.dumps(ms.layers), "maps": small_maps(ms, c, map_size=map_size, full=full).tobytes(),
         "map_size": map_size, "thumbnail": thumbnail_bytes(picture, thumb_size), "thumb_format": "jpeg",
         "picture": thumbnail_bytes(image, thumb_size),
     }
@@ -266,6 +191,7 @@ def _build(con, folder: Path, labels: Labels, progress: Progress, thumb_size: in
         con.executemany("DELETE FROM blobs WHERE file=?", [(f,) for f in gone])
         con.executemany("DELETE FROM skipped WHERE file=?", [(f,) for f in skipped if f not in found])
         rows = con.execute("SELECT file, image, label, correct, pred_class, pred_name FROM mapsets").fetchall()
+        relabelled = {}  # kept rows whose label changed: their label maps are made again below
         for f, image, old_label, old_correct, pred, name in rows:
             if f not in found:
                 continue
@@ -273,6 +199,8 @@ def _build(con, folder: Path, labels: Labels, progress: Progress, thumb_size: in
             new = (names[f], new_label, is_correct(new_label, pred, name))
             if new != (image, old_label, old_correct):
                 con.execute("UPDATE mapsets SET image=?, label=?, correct=? WHERE file=?", (*new, f))
+            if new_label != old_label:
+                relabelled[f] = new_label
     report.dropped = len(gone)
 
     todo = []
@@ -285,6 +213,7 @@ def _build(con, folder: Path, labels: Labels, progress: Progress, thumb_size: in
         else:
             todo.append(f)
 
+    _relabel(con, folder, {f: v for f, v in relabelled.items() if f not in set(todo)})
     bar = _progress_bar(progress, len(todo))
     try:
         pending, last = [], time.monotonic()
@@ -301,6 +230,22 @@ def _build(con, folder: Path, labels: Labels, progress: Progress, thumb_size: in
     return report
 
 
+def _relabel(con, folder: Path, labels: dict[str, str | None]) -> None:
+    """Make the label maps of rows whose label changed (the map set is read only for a label)."""
+    updates = []
+    for f, label in labels.items():
+        try:
+            columns = label_columns(MapSet.load(folder / f), label) if label is not None else (None, None)
+        except (ValueError, OSError) as exc:
+            warnings.warn(f"atlas: the label map of {str(folder / f)!r} cannot be made ({exc}); the grid shows "
+                          "its picture without one", AtlasSkipWarning, stacklevel=4)
+            columns = (None, None)
+        updates.append((*columns, f))
+    if updates:
+        with transaction(con):
+            con.executemany("UPDATE blobs SET label_class=?, label_maps=? WHERE file=?", updates)
+
+
 def _read_one(folder: Path, f: str, st: os.stat_result, old: tuple | None, image: str, label: str | None,
               thumb_size: int, report: BuildReport) -> tuple[str, tuple]:
     """What to write for one new or changed file: ``("touch" | "row" | "skip", values)``."""
@@ -312,6 +257,7 @@ def _read_one(folder: Path, f: str, st: os.stat_result, old: tuple | None, image
             return "touch", (st.st_size, st.st_mtime_ns, f)
         ms = MapSet.load(path)
         values = row_of(ms, thumb_size=thumb_size)
+        values["label_class"], values["label_maps"] = label_columns(ms, label)
     except (ValueError, OSError) as exc:
         reason = str(exc) if isinstance(exc, ValueError) else f"cannot be read: {exc.strerror or exc}"
         warnings.warn(f"atlas: skipped {str(path)!r}: {reason}", AtlasSkipWarning, stacklevel=4)

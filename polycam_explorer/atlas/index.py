@@ -229,19 +229,31 @@ class Index:
     def small_maps(self, rows: Iterable[Row | str]) -> dict[str, np.ndarray]:
         """Each row's predicted-class maps at full depth, ``[3, S, S]`` float32 (variants ``+``,
         ``-``, ``+-``; the input frame resampled to S x S), by file: for aggregates."""
-        with self._lock:
-            size = dict(self._con.execute("SELECT file, map_size FROM blobs"))
-        return {f: np.frombuffer(b, np.float16).reshape(3, size[f], size[f]).astype(np.float32)
-                for f, b in self._blobs("maps", rows).items()}
+        return {f: _maps(b, size) for f, b, size in self._fetch("SELECT file, maps, map_size FROM blobs", rows)}
+
+    def map_sizes(self, rows: Iterable[Row | str]) -> dict[str, int]:
+        """The side S of each row's stored small maps, by file."""
+        return self._blobs("map_size", rows)
+
+    def label_maps(self, rows: Iterable[Row | str]) -> dict[str, np.ndarray | None]:
+        """Each row's maps (as :meth:`small_maps`) of the class its label names, by file; None for
+        a row without a label or whose label names no class of its model."""
+        sql = ("SELECT blobs.file, label_class, pred_class, maps, label_maps, map_size FROM blobs "
+               "JOIN mapsets ON mapsets.file = blobs.file")
+        return {f: None if c is None else _maps(maps if c == pred else extra, size)
+                for f, c, pred, maps, extra, size in self._fetch(sql, rows, "blobs.file")}
 
     def _blobs(self, column: str, rows) -> dict[str, bytes]:
+        return dict(self._fetch(f"SELECT file, {column} FROM blobs", rows))
+
+    def _fetch(self, select: str, rows, key: str = "file") -> list[tuple]:
+        """``select`` for the files of ``rows`` (``key``: the file column)."""
         files = [_file(r) for r in rows]
-        out = {}
+        out = []
         with self._lock:
             for start in range(0, len(files), 500):  # SQLite's parameter limit
                 chunk = files[start: start + 500]
-                out.update(self._con.execute(f"SELECT file, {column} FROM blobs WHERE file IN "
-                                             f"({', '.join('?' * len(chunk))})", chunk))
+                out += self._con.execute(f"{select} WHERE {key} IN ({', '.join('?' * len(chunk))})", chunk)
         return out
 
     def open_mapset(self, row: Row | str, device=None) -> MapSet:
@@ -322,6 +334,10 @@ class Index:
     def _all(self, sql: str, params=()) -> list:
         with self._lock:
             return self._con.execute(sql, params).fetchall()
+
+
+def _maps(data: bytes, size: int) -> np.ndarray:
+    return np.frombuffer(data, np.float16).reshape(3, size, size).astype(np.float32)
 
 
 def _file(row: Row | str) -> str:

@@ -9,8 +9,9 @@ One file ``<DIR>/.polycam-atlas.sqlite`` (WAL journal) beside the map sets. Tabl
   until evaluated) and context reliance (how much PCAM- exceeds PCAM+).
 - ``blobs``: per file of ``mapsets``, its layers, small predicted-class maps per variant (float16,
   aligned on the input frame, for aggregates), a thumbnail (JPEG) and the bare image at the
-  thumbnail's size (JPEG, for the atlas grid's overlay of any variant); kept apart so that sorting
-  and filtering scan only the light rows.
+  thumbnail's size (JPEG, for the atlas grid's overlay of any variant), and the class the label
+  names (NULL: no label, or one naming no class of the model) with its small maps when it is not
+  the predicted class; kept apart so that sorting and filtering scan only the light rows.
 - ``skipped``: files that are not readable map sets, with the version seen and the reason, so they
   are not read again until they change.
 - ``meta``: the schema version and the remembered label source.
@@ -25,7 +26,7 @@ import sqlite3
 from pathlib import Path
 
 FILE_NAME = ".polycam-atlas.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 VARIANTS = ("+", "-", "+-")
 INSDEL_COLUMN = {"+": "insdel_plus", "-": "insdel_minus", "+-": "insdel_pm"}
 
@@ -41,7 +42,8 @@ ROW_COLUMNS = (
     ("context", "REAL NOT NULL"), ("plus_minus_diff", "REAL NOT NULL"),
 )
 BLOB_COLUMNS = (("file", "TEXT PRIMARY KEY"), ("layers", "TEXT NOT NULL"), ("maps", "BLOB NOT NULL"), ("map_size", "INTEGER NOT NULL"),
-                ("thumbnail", "BLOB NOT NULL"), ("thumb_format", "TEXT NOT NULL"), ("picture", "BLOB NOT NULL"))
+                ("thumbnail", "BLOB NOT NULL"), ("thumb_format", "TEXT NOT NULL"), ("picture", "BLOB NOT NULL"),
+                ("label_class", "INTEGER"), ("label_maps", "BLOB"))
 
 
 def db_path(folder: str | Path) -> Path:
@@ -86,8 +88,11 @@ def _schema_version(con: sqlite3.Connection) -> int | None:
 
 
 def _create(con: sqlite3.Connection) -> None:
-    """(Re)create the tables: an index of an older schema is rebuilt from the map sets."""
+    """(Re)create the tables: an index of an older schema is rebuilt from the map sets (its
+    remembered label source is kept)."""
     with transaction(con):
+        kept = (con.execute("SELECT key, value FROM meta WHERE key != 'schema'").fetchall()
+                if _schema_version(con) is not None else [])
         for table in ("mapsets", "blobs", "skipped", "meta"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute(f"CREATE TABLE mapsets ({', '.join(f'{name} {kind}' for name, kind in ROW_COLUMNS)})")
@@ -98,6 +103,7 @@ def _create(con: sqlite3.Connection) -> None:
         for column in ("pred_class", "confidence", "label", "model_id"):
             con.execute(f"CREATE INDEX mapsets_{column} ON mapsets ({column})")
         con.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        con.executemany("INSERT INTO meta VALUES (?, ?)", kept)
 
 
 class transaction:
