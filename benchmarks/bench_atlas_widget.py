@@ -1,5 +1,6 @@
 """Atlas widget benchmark (Python side): opening ``pe.Atlas`` on 2,000 map sets, drawing a page of
-48 thumbnails, a sort and a filter change redrawn, the two-model view opened, a click opening the
+48 thumbnails (of the predicted class; of the labelled class; of a chosen class, its 48 map sets loaded
+("cold") and again from the LRU ("warm")), a sort and a filter change redrawn, the two-model view opened, a click opening the
 explorer, and the peak memory.
 
 The map sets are bench_atlas.py's (made once in ``--folder``/n2000 by its ``make``: a small seeded CNN at
@@ -62,6 +63,13 @@ def main() -> None:
     classes = [c for c, _, _ in atlas.index.classes()]
     filter_ms = median_ms(lambda i: setattr(atlas.klass, "value", classes[i % len(classes)]), args.repeat)
     atlas.klass.value = -1
+    atlas.map_of.value = "label"  # the labelled class's maps, stored in the index
+    label_ms = median_ms(lambda i: setattr(atlas.page, "value", 1 + (i + 1) % pages), args.repeat)
+    atlas.map_class.value = classes[0]
+    atlas.map_of.value = "class"  # a chosen class: each page's 48 map sets loaded, small maps made
+    class_cold_ms = median_ms(lambda i: setattr(atlas.page, "value", 2 + i % (pages - 1)), args.repeat)
+    class_warm_ms = median_ms(lambda i: setattr(atlas.page, "value", 2 + i % (pages - 1)), args.repeat)
+    atlas.map_of.value = "predicted"
     start = time.perf_counter()
     atlas.explore(0)
     explore_ms = (time.perf_counter() - start) * 1000
@@ -77,7 +85,8 @@ def main() -> None:
     pair.close()
 
     result = {"n": args.n, "open_s": round(open_s, 2), "page48_ms": page_ms, "sort_redraw_ms": sort_ms,
-              "filter_redraw_ms": filter_ms, "open_in_explorer_ms": round(explore_ms, 1),
+              "filter_redraw_ms": filter_ms, "page48_label_ms": label_ms, "page48_class_cold_ms": class_cold_ms,
+              "page48_class_warm_ms": class_warm_ms, "open_in_explorer_ms": round(explore_ms, 1),
               "compare_open_s": round(compare_s, 2), "compare_pairs": n_pairs, "compare_page_ms": pair_page_ms,
               "compare_variant_ms": variant_ms,
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

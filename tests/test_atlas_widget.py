@@ -278,6 +278,128 @@ def test_an_index_given_stays_open_and_atlas_is_exported(folders):
     assert pe.Atlas is pe.atlas.Atlas is Atlas and "Atlas" in pe.__all__ and "Atlas" in pe.atlas.__all__
 
 
+# ----- whose map: the predicted, the labelled or a chosen class ---------------------------------
+def _plain_small(folder, row, c: int) -> np.ndarray:
+    """The small maps of class ``c`` by hand: the map set's full-depth saliency per variant,
+    area-resampled to 32 x 32, through float16 as the index stores them."""
+    ms = pe.MapSet.load(folder / row.file)
+    maps = [torch.nn.functional.interpolate(ms.saliency(c, v, ms.depth_available)[None, None].float(),
+                                            size=(32, 32), mode="area")[0, 0] for v in ("+", "-", "+-")]
+    return torch.stack(maps).numpy().astype(np.float16).astype(np.float32)
+
+
+def _plain_tile(index, row, maps: np.ndarray | None, variant: str = "+-") -> np.ndarray:
+    shown = None if maps is None else maps[("+", "-", "+-").index(variant)]
+    return overlay_tile(decode(index.pictures([row])[row.file]), shown)
+
+
+@pytest.fixture
+def relabelled(folders, tmp_path):
+    """A copy of folder A labelled by class name (another class or the predicted), class index, a
+    name of no class, or not at all; and each image's labelled class (None: none usable)."""
+    folder = tmp_path / "L"
+    shutil.copytree(folders[0], folder, ignore=shutil.ignore_patterns(".polycam-atlas*"))
+    rows = build_index(folder, progress=False).rows(sort="file")
+    labels, classes = {}, {}
+    for k, row in enumerate(rows):
+        other = (row.pred_class + 1 + k) % 5
+        given = [f"C{other}", row.pred_name, str(other), "dog", None][k % 5]
+        classes[row.file] = [other, row.pred_class, other, None, None][k % 5]
+        if given is not None:
+            labels[row.image] = given
+    build_index(folder, labels=labels, progress=False).close()
+    return folder, classes
+
+
+def test_map_of_label_draws_the_labelled_class_map_or_the_bare_picture(relabelled, tmp_path):
+    folder, classes = relabelled
+    atlas = Atlas(folder, map_of="label", page_size=N, columns=4, export_dir=tmp_path)
+    try:
+        assert atlas.map_of.value == "label" and atlas.map_class.disabled
+        atlas.sort.value = "image"
+        drawn = 0
+        for i, row in enumerate(atlas.items):
+            c = classes[row.file]
+            expected = _plain_tile(atlas.index, row, None if c is None else _plain_small(folder, row, c))
+            assert np.array_equal(_tile(atlas, i), expected), row.file
+            drawn += c is not None and c != row.pred_class
+        assert drawn >= 2  # labels naming another class than the predicted: maps the index did not have before
+        notes = atlas.tile_maps[atlas.index].maps(atlas.items, "label")
+        assert sorted(v for v in notes.values() if isinstance(v, str)) == ["label not a class", "no label"]
+        atlas.map_of.value = "predicted"  # back to the index's own maps
+        for i, row in enumerate(atlas.items):
+            assert np.array_equal(_tile(atlas, i), _expected_tile(atlas.index, row, "+-"))
+    finally:
+        atlas.close()
+
+
+def test_map_of_a_chosen_class_loads_the_page_only_and_says_so(relabelled, tmp_path, monkeypatch):
+    folder, _ = relabelled
+    loaded = []
+    real = pe.MapSet.load.__func__
+    monkeypatch.setattr(pe.MapSet, "load", classmethod(lambda cls, path, *a, **k: loaded.append(path.name)
+                                                       or real(cls, path, *a, **k)))
+    atlas = Atlas(folder, page_size=3, columns=3, export_dir=tmp_path, map_class=2)
+    said = []
+    atlas.status.observe(lambda change: said.append(change["new"]), names="value")
+    try:
+        assert loaded == [] and atlas.map_class.disabled
+        atlas.map_of.value = "class"
+        assert not atlas.map_class.disabled
+        assert sorted(loaded) == sorted(r.file for r in atlas.items)  # the page's map sets only
+        assert any("loading 3 map sets" in text for text in said)
+        for variant in ("-", "+", "+-"):
+            atlas.variant.value = variant
+            for i, row in enumerate(atlas.items):
+                assert np.array_equal(_tile(atlas, i), _plain_tile(atlas.index, row, _plain_small(folder, row, 2),
+                                                                   variant))
+        page1, before = atlas.canvas.pixels.copy(), len(loaded)  # (the plain computations load map sets too)
+        atlas.page.value = 2
+        assert len(loaded) == before + 3
+        atlas.page.value = 1  # paging back: from the LRU, no map set read, the same pixels
+        assert len(loaded) == before + 3 and np.array_equal(atlas.canvas.pixels, page1)
+        atlas.map_class.value = atlas.map_class.options[-1][1]
+        assert len(loaded) == before + 6
+        assert atlas.explore(0).state.klass == atlas.map_class.value  # the explorer opens on the class shown
+        with pytest.raises(ValueError, match="map_of must be one of"):
+            Atlas(folder, map_of="mine")
+        with pytest.raises(ValueError, match="map_class"):
+            Atlas(folder, map_class=-1)
+    finally:
+        atlas.close()
+    beyond = Atlas(folder, map_of="class", map_class=7, page_size=3, export_dir=tmp_path)  # the models have 5
+    try:
+        for i, row in enumerate(beyond.items):
+            assert np.array_equal(_tile(beyond, i), _plain_tile(beyond.index, row, None))
+    finally:
+        beyond.close()
+
+
+def test_chosen_class_maps_never_depend_on_the_cache(relabelled):
+    from polycam_explorer.atlas.tilemaps import TileMaps
+
+    folder, _ = relabelled
+    index = pe.atlas.open_index(folder)
+    rows = index.rows(sort="file")
+    small = TileMaps(index, capacity=2)  # evicts almost everything
+    for c in (3, 1, 3, 0):  # some history
+        small.maps(rows[::-1], "class", c)
+    fresh = TileMaps(index).maps(rows, "class", 1)
+    for maps in (small.maps(rows, "class", 1), small.maps(rows[:2], "class", 1),
+                 TileMaps(index).maps(rows, "class", 1)):
+        for f, m in maps.items():
+            assert np.array_equal(m, fresh[f])
+    for r in rows:
+        assert np.array_equal(fresh[r.file], _plain_small(folder, r, 1))
+    # a map set replaced and indexed again: its new maps, not the cached ones
+    shutil.copyfile(folder / rows[5].file, folder / rows[0].file)
+    index.close()
+    index = build_index(folder, progress=False)
+    small.index = index
+    assert np.array_equal(small.maps([index.row(rows[0].file)], "class", 1)[rows[0].file], fresh[rows[5].file])
+    index.close()
+
+
 # ----- polycam-explorer serve --atlas -----------------------------------------------------------
 class _FakeVoila:
     """Stands in for Voila's process: keeps the notebook's code, exits at once."""

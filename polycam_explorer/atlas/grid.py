@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +31,17 @@ def decode(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
 
 
-def overlay_tile(picture: np.ndarray, small_map: np.ndarray, *, cmap: str = "turbo", alpha: float = 0.5,
+def overlay_tile(picture: np.ndarray, small_map: np.ndarray | None, *, cmap: str = "turbo", alpha: float = 0.5,
                  size: int = TILE) -> np.ndarray:
     """``picture`` scaled so that its longest side is ``size``, with ``small_map`` (aligned on the
-    picture's frame, any resolution) resized bilinearly onto it and blended with ``cmap`` at
-    opacity ``alpha``; centred on a white ``size x size`` square."""
+    picture's frame, any resolution; None: the picture alone) resized bilinearly onto it and
+    blended with ``cmap`` at opacity ``alpha``; centred on a white ``size x size`` square."""
     h, w = picture.shape[:2]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    shown = render.overlay(render.fit_picture(picture, (nh, nw)), render.resize_map(small_map, (nh, nw)), cmap, alpha)
+    shown = render.fit_picture(picture, (nh, nw))
+    if small_map is not None:
+        shown = render.overlay(shown, render.resize_map(small_map, (nh, nw)), cmap, alpha)
     out = np.full((size, size, 3), 255, np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top: top + nh, left: left + nw] = shown
@@ -109,15 +111,18 @@ def page(tiles: Sequence[np.ndarray], captions: Sequence[Sequence[str]], *, colu
     return out, layout
 
 
-def caption(item: Row | Pair, sort: str = "confidence", variant: str = "+-") -> list[str]:
+def caption(item: Row | Pair, sort: str = "confidence", variant: str = "+-", note: str = "") -> list[str]:
     """The :data:`LINES` lines under a tile: the image name; the prediction (both models' when
     comparing); the label and whether the prediction is right, and the value sorted by when the
-    tile does not show it otherwise (Ins-Del, context reliance, disagreement)."""
+    tile does not show it otherwise (Ins-Del, context reliance, disagreement); or, last, ``note``
+    (why the tile has no map) when there is one."""
     if isinstance(item, Pair):
         a, b = item.a, item.b
         d = "1 - r undefined" if math.isnan(item.disagreement) else f"1 - r = {item.disagreement:.2f}"
         return [item.image, f"A {a.pred_name} {a.confidence:.2f} | B {b.pred_name} {b.confidence:.2f}",
-                d + ("" if item.same_class else ", classes differ")]
+                note or d + ("" if item.same_class else ", classes differ")]
+    if note:
+        return [item.image, f"{item.pred_name} {item.confidence:.2f}", note]
     verdict = "" if item.label is None else f"{'ok' if item.correct else 'wrong'}: {item.label}"
     extra = ""
     if sort == "insdel":
@@ -129,17 +134,29 @@ def caption(item: Row | Pair, sort: str = "confidence", variant: str = "+-") -> 
 
 
 def page_of(items: Sequence[Row | Pair], index: Index, other: Index | None = None, *, variant: str = "+-",
-            cmap: str = "turbo", sort: str = "confidence", columns: int = 8,
-            marked: int | None = None) -> tuple[np.ndarray, GridLayout]:
+            cmap: str = "turbo", sort: str = "confidence", columns: int = 8, marked: int | None = None,
+            maps_of: Callable[[Index, list[Row]], Mapping[str, np.ndarray | str]] | None = None,
+            ) -> tuple[np.ndarray, GridLayout]:
     """The :func:`page` of ``items`` (rows of ``index``, or pairs of rows of ``index`` and
-    ``other``): each picture with ``variant``'s small map, fetched for these items only."""
+    ``other``): each picture with ``variant``'s small map, fetched for these items only.
+    ``maps_of(index, rows)``: each row's ``[3, S, S]`` maps by file, or the reason it has none
+    (the picture is drawn alone, the reason in its caption); default the predicted class's
+    (:meth:`Index.small_maps`)."""
     v = VARIANTS.index(canonical_variant(variant))
-    sides = [(index, [i.a if isinstance(i, Pair) else i for i in items])]
+    maps_of = maps_of or (lambda source, rows: source.small_maps(rows))
+    sides = [("A", index, [i.a if isinstance(i, Pair) else i for i in items])]
     if other is not None:
-        sides.append((other, [i.b for i in items]))
-    per_side = []
-    for source, rows in sides:
-        pictures, maps = source.pictures(rows), source.small_maps(rows)
-        per_side.append([overlay_tile(decode(pictures[r.file]), maps[r.file][v], cmap=cmap) for r in rows])
+        sides.append(("B", other, [i.b for i in items]))
+    per_side, notes = [], [""] * len(items)
+    for name, source, rows in sides:
+        pictures, maps = source.pictures(rows), maps_of(source, rows)
+        per_side.append([])
+        for k, r in enumerate(rows):
+            shown = maps[r.file]
+            if isinstance(shown, str):
+                notes[k] = notes[k] or (f"{name}: {shown}" if other is not None else shown)
+            per_side[-1].append(overlay_tile(decode(pictures[r.file]), None if isinstance(shown, str) else shown[v],
+                                             cmap=cmap))
     tiles = [side_by_side(list(both)) if len(both) > 1 else both[0] for both in zip(*per_side)]
-    return page(tiles, [caption(i, sort, variant) for i in items], columns=columns, marked=marked)
+    return page(tiles, [caption(i, sort, variant, note) for i, note in zip(items, notes)], columns=columns,
+                marked=marked)

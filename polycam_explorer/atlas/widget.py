@@ -22,6 +22,7 @@ from .grid import GridLayout, page_of
 from .index import Index
 from .report import write_report
 from .selection import DISAGREEMENT, SORTS, Item, Query, Selection, open_or_build
+from .tilemaps import MAP_OF, TileMaps, check_map_of
 
 Source = str | os.PathLike | Index
 CORRECT_OPTIONS = (("correct or not", "any"), ("correct", "correct"), ("incorrect", "incorrect"),
@@ -50,9 +51,10 @@ def _positive(name: str, value: object, low: int = 1) -> int:
 
 
 class Atlas(W.HBox):
-    """The dataset atlas: a paged grid of thumbnails (each image with its predicted class's
-    full-depth map of the chosen variant), sorted and filtered in the index; a click opens that
-    map set in an :class:`~polycam_explorer.explorer.Explorer` beside the grid.
+    """The dataset atlas: a paged grid of thumbnails (each image with the full-depth map of the
+    chosen variant for its predicted class, its labelled class, or a chosen class), sorted and
+    filtered in the index; a click opens that map set in an
+    :class:`~polycam_explorer.explorer.Explorer` beside the grid.
 
     Args:
         folder_or_index: a folder of map sets (its index is opened; built first if it has none:
@@ -67,16 +69,25 @@ class Atlas(W.HBox):
         ``"+"``, ``"-"`` or ``"+-"``; cmap: the maps' colormap; panel_size: the explorer's;
         export_dir: where the explorer's exports and the HTML report go (default
         ``$POLYCAM_EXPLORER_EXPORTS`` or ``./polycam_exports``).
+        map_of: whose map each tile shows (the ``map_of`` control; set ``atlas.map_of.value``
+            later): ``"predicted"`` (the predicted class, stored in the index), ``"label"`` (the
+            class the label names, stored in the index; an image without a label, or whose label
+            names no class of its model, is shown without a map and says why) or ``"class"``
+            (class ``map_class``, the ``map_class`` control: made from the map sets of the page's
+            images when shown, kept in a small LRU; the status line says while it loads).
+        map_class: the chosen class index (default: the most predicted class of the index).
 
     Raises:
-        ValueError: a folder that does not exist, a bad size, ``model`` with ``compare``.
+        ValueError: a folder that does not exist, a bad size, ``model`` with ``compare``, an
+            unknown ``map_of`` or a negative ``map_class``.
         TypeError: something else than a folder or an Index.
     """
 
     def __init__(self, folder_or_index: Source, *, model: torch.nn.Module | None = None,
                  compare: Source | None = None, page_size: int = 48, columns: int | None = None,
                  variant: str = "+-", cmap: str = "turbo", panel_size: int = 320,
-                 export_dir: str | os.PathLike | None = None) -> None:
+                 export_dir: str | os.PathLike | None = None, map_of: str = "predicted",
+                 map_class: int | None = None) -> None:
         if model is not None and compare is not None:
             raise ValueError("model= is for one folder: comparing, the explorer holds two models' map sets "
                              "and computes no curves")
@@ -88,16 +99,19 @@ class Atlas(W.HBox):
         self.index = self._open(folder_or_index)
         self.other = self._open(compare) if compare is not None else None
         self.selection = Selection(self.index, self.other)
+        self.tile_maps = {ix: TileMaps(ix) for ix in (self.index, self.other) if ix is not None}
         self.items: list[Item] = []  # the tiles on screen, in order
         self.layout_grid: GridLayout | None = None
         self.explorer: Explorer | None = None
         self.opened: Item | None = None  # the item shown in the explorer
         self._muted = False
         self._build_controls(variant, cmap)
+        self._build_map_controls(check_map_of(map_of), map_class)
         self.canvas = FrameCanvas((1, 1), on_click=self.click)
         self.status = W.HTML()
         self.explorer_box = W.VBox()
         grid = W.VBox([W.HBox([self.variant, self.cmap]), W.HBox([self.sort, self.descending]),
+                       W.HBox([self.map_of, self.map_class]),
                        W.HBox([self.klass, self.label, self.correct]), self.confidence,
                        W.HBox([self.previous, self.page, self.pages_label, self.next, self.count]),
                        self.canvas.canvas, W.HBox([self.report_button, self.report_link]), self.status])
@@ -144,6 +158,25 @@ class Atlas(W.HBox):
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(+1))
 
+    def _build_map_controls(self, map_of: str, map_class: int | None) -> None:
+        classes = [(f"{name} ({c})", c) for c, name, _ in self.index.classes()]
+        if map_class is not None:
+            if isinstance(map_class, bool) or not isinstance(map_class, int) or map_class < 0:
+                raise ValueError(f"map_class must be a class index >= 0, got {map_class!r}")
+            if map_class not in [c for _, c in classes]:
+                classes.append((f"class {map_class}", map_class))
+        self.map_of = W.Dropdown(options=MAP_OF, value=map_of, description="map of",
+                                 tooltip="whose map each thumbnail shows")
+        classes = classes or [("no class", 0)]
+        self.map_class = W.Dropdown(options=classes, value=map_class if map_class is not None else classes[0][1],
+                                    description="of class", disabled=map_of != "class")
+        self.map_of.observe(lambda _: self._map_changed(), names="value")
+        self.map_class.observe(lambda _: self.draw() if self.map_of.value == "class" else None, names="value")
+
+    def _map_changed(self) -> None:
+        self.map_class.disabled = self.map_of.value != "class"
+        self.draw()
+
     # ----- what is shown ---------------------------------------------------------------------
     def query(self) -> Query:
         """The controls as a :class:`~.selection.Query`."""
@@ -178,9 +211,18 @@ class Atlas(W.HBox):
         query = self.query()
         self.items = self.selection.page(query, self.page.value, self.page_size)
         marked = next((i for i, item in enumerate(self.items) if _same(item, self.opened)), None)
+        map_of, c = self.map_of.value, self.map_class.value
+        sides = [(self.index, [i.a if isinstance(i, Pair) else i for i in self.items])]
+        sides += [(self.other, [i.b for i in self.items])] if self.other is not None else []
+        loading = sum(self.tile_maps[ix].to_load(rows, map_of, c) for ix, rows in sides)
+        if loading:
+            self.status.value = f"loading {loading} map sets for the maps of class {c}…"
         pixels, self.layout_grid = page_of(self.items, self.index, self.other, variant=query.variant,
                                            cmap=self.cmap.value, sort=query.sort, columns=self.columns,
-                                           marked=marked)
+                                           marked=marked,
+                                           maps_of=lambda ix, rows: self.tile_maps[ix].maps(rows, map_of, c))
+        if loading:
+            self.status.value = f"maps of class {c} made from {loading} map sets"
         self.canvas.resize(pixels.shape[:2])
         self.canvas.draw(pixels)
         self.previous.disabled = self.page.value <= 1
@@ -238,6 +280,8 @@ class Atlas(W.HBox):
         self._close_explorer()
         self.explorer = Explorer(named, model=self.model, size=self.panel_size, export_dir=self.export_dir)
         self.explorer.state.variant = self.variant.value
+        if self.map_of.value == "class" and self.map_class.value < self.explorer.state.n_classes:
+            self.explorer.state.klass = self.map_class.value  # the class the tiles show
         self.opened = item
         self.explorer_box.children = (self.explorer,)
         self.status.value = f"opened <b>{item.image}</b>"
@@ -259,8 +303,8 @@ class Atlas(W.HBox):
             super().close()
             return
         self._close_explorer()
-        for widget in (self.variant, self.cmap, self.sort, self.descending, self.klass, self.label, self.correct,
-                       self.confidence, self.previous, self.next, self.page, self.pages_label, self.count,
+        for widget in (self.variant, self.cmap, self.map_of, self.map_class, self.sort, self.descending, self.klass,
+                       self.label, self.correct, self.confidence, self.previous, self.next, self.page, self.pages_label, self.count,
                        self.report_button, self.report_link, self.canvas.canvas, self.status, self.explorer_box):
             widget.close()
         super().close()
