@@ -326,9 +326,13 @@ def test_map_of_label_draws_the_labelled_class_map_or_the_bare_picture(relabelle
         assert drawn >= 2  # labels naming another class than the predicted: maps the index did not have before
         notes = atlas.tile_maps[atlas.index].maps(atlas.items, "label")
         assert sorted(v for v in notes.values() if isinstance(v, str)) == ["label not a class", "no label"]
+        for row in atlas.items:  # a tile opens on the class it shows
+            c = classes[row.file]
+            assert atlas.explore(row).state.klass == (row.pred_class if c is None else c), row.file
         atlas.map_of.value = "predicted"  # back to the index's own maps
         for i, row in enumerate(atlas.items):
             assert np.array_equal(_tile(atlas, i), _expected_tile(atlas.index, row, "+-"))
+        assert atlas.explore(atlas.items[0]).state.klass == atlas.items[0].pred_class
     finally:
         atlas.close()
 

@@ -243,6 +243,10 @@ class Index:
         return {f: None if c is None else _maps(maps if c == pred else extra, size)
                 for f, c, pred, maps, extra, size in self._fetch(sql, rows, "blobs.file")}
 
+    def label_classes(self, rows: Iterable[Row | str]) -> dict[str, int | None]:
+        """The class each row's label names, by file; None for a row without a usable label."""
+        return self._blobs("label_class", rows)
+
     def _blobs(self, column: str, rows) -> dict[str, bytes]:
         return dict(self._fetch(f"SELECT file, {column} FROM blobs", rows))
 

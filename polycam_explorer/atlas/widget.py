@@ -280,13 +280,22 @@ class Atlas(W.HBox):
         self._close_explorer()
         self.explorer = Explorer(named, model=self.model, size=self.panel_size, export_dir=self.export_dir)
         self.explorer.state.variant = self.variant.value
-        if self.map_of.value == "class" and self.map_class.value < self.explorer.state.n_classes:
-            self.explorer.state.klass = self.map_class.value  # the class the tiles show
+        shown = self._class_shown(item)
+        if shown is not None and shown < self.explorer.state.n_classes:
+            self.explorer.state.klass = shown  # the class the tile showed
         self.opened = item
         self.explorer_box.children = (self.explorer,)
         self.status.value = f"opened <b>{item.image}</b>"
         self.draw()  # its tile framed
         return self.explorer
+
+    def _class_shown(self, item: Item) -> int | None:
+        """The class whose map the item's tile shows when it is not the predicted one."""
+        if self.map_of.value == "class":
+            return self.map_class.value
+        if self.map_of.value == "label" and not isinstance(item, Pair):
+            return self.index.label_classes([item]).get(item.file)
+        return None
 
     def _close_explorer(self) -> None:
         if self.explorer is not None:
