@@ -195,3 +195,23 @@ def test_switching_to_a_queued_image_sweeps_it_now(tmp_path) -> None:
         assert ex.mapsets["running"].complete and not runner.busy
     finally:
         ex.close()
+
+
+def test_the_progress_is_cleared_when_the_sweep_started_for_the_user_ends_last(tmp_path) -> None:
+    model, pictures = _slow_model(), _pictures(3)
+    ex = pe.explore(pictures[0], model=model, cache_dir=tmp_path, wait=True, panel_size=64, batch_size=4,
+                    backend="eager")
+    try:
+        runner, looking = ex.runner, ["queued"]
+        runner.on_screen = lambda: looking[0]
+        runner.submit("running", pictures[1])
+        runner.submit("queued", pictures[2])
+        _until(lambda: "running" in ex.mapsets)
+        runner.look_at("queued")  # swept now, in its own thread
+        _until(lambda: "queued" in ex.mapsets)
+        looking[0] = "running"  # the user goes back: the worker's sweep ends first
+        runner.wait(120)
+        assert ex.mapsets["running"].complete and ex.mapsets["queued"].complete
+        assert ex.store.progress is None  # nothing is being swept: no progress bar left behind
+    finally:
+        ex.close()

@@ -120,8 +120,6 @@ class SweepRunner:
             with self._lock:
                 if self.stop.is_set() or not self.queue:
                     self.thread = None
-                    if not self.sweeping:
-                        self.store.set_progress(None)
                     return
                 item = self.queue.pop(self._next_index())
             self._sweep(*item)
@@ -138,6 +136,8 @@ class SweepRunner:
                 self.sweeping.discard(name)
                 if self.wanted == name:
                     self.wanted = None
+                if not self.sweeping and (self.stop.is_set() or not self.queue):  # the last sweep, in any thread
+                    self.store.set_progress(None)
 
     def _focus(self) -> Optional[str]:
         """The image the user looks at: an upload asked for until it is shown, else the one on screen."""
