@@ -47,13 +47,6 @@ def _class_index(model, x: torch.Tensor, spec: str | None) -> int | None:
 OVERLAY_MAX = 1024  # the longest side of explain's overlays (the original's when smaller)
 
 
-def _fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
-    """``size``'s aspect ratio with the longest side ``longest``."""
-    h, w = size
-    scale = longest / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
 def explain(image: str, out: str, *, class_spec: str | None = None, variants: Sequence[str] = ("+", "-", "+-"),
             model_name: str | None = None, weights: str | None = None, layers: Sequence[str] | None = None,
             batch_size: int | None = None, size: int | None = None, cmap: str = "turbo", save_mapset: bool = False,
@@ -81,7 +74,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     c = _class_index(model, x, class_spec)
     stem = Path(image).stem
     original = render.image_uint8(load_image(image, size=0), (0.5,) * 3, (0.5,) * 3)  # the photo, as read
-    frame = _fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
+    frame = render.fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
     picture = render.fit_picture(original, frame)
     sweep = iter_mapset(model, x, layers, batch_size=batch_size or default_batch_size(device), progress=progress,
                         backend=backend, progressive=preview is not None)
@@ -92,7 +85,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     if c is None:
         c = ms.topk(1)[0][0]
     ms.frame = original.shape[:2]  # saved with the map set: its maps are drawn back onto the photo
-    thumb = _fitted_size(original.shape[:2], max(ms.size))
+    thumb = render.fitted_size(original.shape[:2], max(ms.size))
     small = render.fit_picture(original, thumb)
     rows, files = [], []
     for variant in variants:

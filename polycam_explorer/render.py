@@ -133,6 +133,13 @@ def resize_map(values: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.n
     return t.cpu().numpy()
 
 
+def fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """``size`` (H, W) scaled to the longest side ``longest``, keeping its aspect ratio."""
+    h, w = size
+    scale = longest / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def fit_picture(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An ``H x W x 3`` uint8 picture resized to ``size`` (bilinear, antialiased when shrinking)."""
     h, w = size

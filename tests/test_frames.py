@@ -120,10 +120,10 @@ def test_zoom_and_fit_crops_then_scales():
     assert np.array_equal(frames.zoom_and_fit(pixels, (0, 1, 2, 4), (2, 3)), pixels[0:2, 1:4])
 
 
-def test_display_size_keeps_the_aspect_ratio():
-    assert frames.display_size((16, 16), 64) == (64, 64)
-    assert frames.display_size((10, 20), 64) == (32, 64)
-    assert frames.display_size((30, 10), 60) == (60, 20)
+def test_fitted_size_keeps_the_aspect_ratio():
+    assert render.fitted_size((16, 16), 64) == (64, 64)
+    assert render.fitted_size((10, 20), 64) == (32, 64)
+    assert render.fitted_size((30, 10), 60) == (60, 20)
 
 
 def test_image_pixel_without_zoom():

@@ -36,9 +36,7 @@ def overlay_tile(picture: np.ndarray, small_map: np.ndarray | None, *, cmap: str
     """``picture`` scaled so that its longest side is ``size``, with ``small_map`` (aligned on the
     picture's frame, any resolution; None: the picture alone) resized bilinearly onto it and
     blended with ``cmap`` at opacity ``alpha``; centred on a white ``size x size`` square."""
-    h, w = picture.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = render.fitted_size(picture.shape[:2], size)
     shown = render.fit_picture(picture, (nh, nw))
     if small_map is not None:
         shown = render.overlay(shown, render.resize_map(small_map, (nh, nw)), cmap, alpha)

@@ -172,9 +172,8 @@ evidence. High values flag images whose decision leans on surroundings (the pape
 
 def _fit(pixels: np.ndarray, frame: tuple[int, int] | None, size: int) -> np.ndarray:
     """``pixels`` at the photo's aspect ratio (its ``frame``), longest side ``size`` at most."""
-    h, w = frame or pixels.shape[:2]
-    scale = min(1.0, size / max(h, w))
-    return render.fit_picture(pixels, (max(1, round(h * scale)), max(1, round(w * scale))))
+    frame = frame or pixels.shape[:2]
+    return render.fit_picture(pixels, render.fitted_size(frame, min(size, max(frame))))
 
 
 def _pictures(index: Index, row: Row, variant: str, size: int) -> tuple[np.ndarray | None, np.ndarray]:

@@ -209,7 +209,7 @@ def geometry(map_size: tuple[int, int], frame_size: tuple[int, int] | None, long
     frame_size = map_size if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
     if frame_size == map_size:
         return Geometry(map_size, frame_size, map_size)
-    return Geometry(map_size, frame_size, display_size(frame_size, max(max(map_size), int(longest))))
+    return Geometry(map_size, frame_size, render.fitted_size(frame_size, max(max(map_size), int(longest))))
 
 
 def full_resolution(map_size: tuple[int, int], frame_size: tuple[int, int] | None) -> Geometry:
@@ -253,13 +253,6 @@ def nearest_indices(size: tuple[int, int], shown: tuple[int, int]) -> tuple[np.n
     index = np.arange(h * w, dtype=np.int32).reshape(h, w)
     picked = np.asarray(Image.fromarray(index, mode="I").resize((shown[1], shown[0]), Image.NEAREST))
     return picked // w, picked % w
-
-
-def display_size(image_size: tuple[int, int], longest: int) -> tuple[int, int]:
-    """The on-screen size of a panel: the image's aspect ratio, longest side ``longest`` pixels."""
-    h, w = image_size
-    scale = longest / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def image_pixel(ms_size: tuple[int, int], shown: tuple[int, int], zoom: Box | None, x: float, y: float

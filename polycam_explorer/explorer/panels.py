@@ -11,10 +11,11 @@ from typing import Optional
 
 import numpy as np
 
+from .. import render
 from ..baselines import METHODS
 from ..mapset import MapSet
 from ..polycam import canonical_variant
-from .frames import Look, Panel, display_size
+from .frames import Look, Panel
 from .state import PIN_FIELDS, ViewState
 
 BASELINES = tuple(METHODS)  # the libraries behind them are imported only when one is used
@@ -57,7 +58,7 @@ def panel_display_size(image_size: tuple[int, int], zoom, n: int, longest: int) 
     h, w = image_size
     box = zoom or (0, 0, h, w)
     side = longest if n == 1 else max(160, int(longest * (0.75 if n > 2 else 0.9)))
-    return display_size((box[2] - box[0], box[3] - box[1]), side)
+    return render.fitted_size((box[2] - box[0], box[3] - box[1]), side)
 
 
 def arrange(base: Panel, pins: list[dict], beside: Optional[str], depth_available: int) -> list[Panel]:

@@ -225,8 +225,7 @@ def decode_picture(picture: Any) -> tuple[np.ndarray, tuple[int, int]]:
     size = (int(x.shape[-2]), int(x.shape[-1]))
     pixels = render.image_uint8(x, (0.5,) * 3, (0.5,) * 3)
     if max(size) > PICTURE_MAX:
-        scale = PICTURE_MAX / max(size)
-        pixels = render.fit_picture(pixels, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+        pixels = render.fit_picture(pixels, render.fitted_size(size, PICTURE_MAX))
     return pixels, size
 
 

@@ -81,7 +81,7 @@ class RecursionView:
         """Thumbnails of every depth at the photo's aspect ratio, longest side :data:`STRIP_TILE`
         (built once per class, variant, LNorm, colormap and picture); the current depth is framed.
         Photo and maps are sampled onto the thumbnail by nearest neighbour."""
-        size, pad = frames.display_size(picture.shape[:2], STRIP_TILE), STRIP_PAD
+        size, pad = render.fitted_size(picture.shape[:2], STRIP_TILE), STRIP_PAD
         key = (ms, panel.class_idx, panel.variant, panel.lnorm, cmap, ms.revision, id(picture))
         if self._strip_cache[0] != key:
             rows, cols = frames.nearest_indices(picture.shape[:2], size)
