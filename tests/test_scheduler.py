@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 import polycam_explorer as pe
@@ -151,67 +152,64 @@ def _until(condition, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
-def test_an_upload_preempts_the_running_sweep_which_resumes_to_the_same_maps(tmp_path) -> None:
+@pytest.fixture
+def slow(tmp_path):
+    """An explorer on the slow model, its first image swept; the model and three pictures."""
     model, pictures = _slow_model(), _pictures(3)
     ex = pe.explore(pictures[0], model=model, cache_dir=tmp_path, wait=True, panel_size=64, batch_size=4,
                     backend="eager")
     try:
-        runner = ex.runner
-        runner.submit("background", pictures[1])
-        _until(lambda: "background" in ex.mapsets)  # its sweep is under way (first estimate shown)
-        runner.submit("upload", pictures[2], show=True)
-        _until(lambda: "upload" in ex.mapsets and ex.mapsets["upload"].complete)
-        assert not ex.mapsets["background"].complete  # it paused, it did not finish first
-        assert ex.state.image == "upload"
-        runner.wait(120)
-        paused = ex.mapsets["background"]
-        assert paused.complete
-        plain = pe.compute_mapset(model, pe.load_image(pictures[1], model), progress=False, backend="eager")
-        for depth in range(1, len(plain.layers) + 1):
-            torch.testing.assert_close(paused.saliency(0, "+-", depth), plain.saliency(0, "+-", depth))
+        yield ex, model, pictures
     finally:
         ex.close()
 
 
-def test_switching_to_a_queued_image_sweeps_it_now(tmp_path) -> None:
-    model, pictures = _slow_model(), _pictures(3)
-    ex = pe.explore(pictures[0], model=model, cache_dir=tmp_path, wait=True, panel_size=64, batch_size=4,
-                    backend="eager")
-    try:
-        runner, asked = ex.runner, []
-        real = runner.look_at
-        runner.look_at = lambda name: (asked.append(name), real(name))
-        runner.submit("running", pictures[1])
-        runner.submit("queued", pictures[2])
-        _until(lambda: "running" in ex.mapsets)
-        ex.state.image = "running"  # the app tells the runner what the user looks at
-        assert asked[-1] == "running"
-        runner.on_screen = lambda: "queued"  # as if the picker offered the queued image
-        runner.look_at("queued")
-        assert not any(item[0] == "queued" for item in runner.queue)  # taken out of the queue: swept now
-        _until(lambda: "queued" in ex.mapsets and ex.mapsets["queued"].complete)
-        assert not ex.mapsets["running"].complete
-        runner.wait(120)
-        assert ex.mapsets["running"].complete and not runner.busy
-    finally:
-        ex.close()
+def test_an_upload_preempts_the_running_sweep_which_resumes_to_the_same_maps(slow) -> None:
+    ex, model, pictures = slow
+    runner = ex.runner
+    runner.submit("background", pictures[1])
+    _until(lambda: "background" in ex.mapsets)  # its sweep is under way (first estimate shown)
+    runner.submit("upload", pictures[2], show=True)
+    _until(lambda: "upload" in ex.mapsets and ex.mapsets["upload"].complete)
+    assert not ex.mapsets["background"].complete  # it paused, it did not finish first
+    assert ex.state.image == "upload"
+    runner.wait(120)
+    paused = ex.mapsets["background"]
+    assert paused.complete
+    plain = pe.compute_mapset(model, pe.load_image(pictures[1], model), progress=False, backend="eager")
+    for depth in range(1, len(plain.layers) + 1):
+        torch.testing.assert_close(paused.saliency(0, "+-", depth), plain.saliency(0, "+-", depth))
 
 
-def test_the_progress_is_cleared_when_the_sweep_started_for_the_user_ends_last(tmp_path) -> None:
-    model, pictures = _slow_model(), _pictures(3)
-    ex = pe.explore(pictures[0], model=model, cache_dir=tmp_path, wait=True, panel_size=64, batch_size=4,
-                    backend="eager")
-    try:
-        runner, looking = ex.runner, ["queued"]
-        runner.on_screen = lambda: looking[0]
-        runner.submit("running", pictures[1])
-        runner.submit("queued", pictures[2])
-        _until(lambda: "running" in ex.mapsets)
-        runner.look_at("queued")  # swept now, in its own thread
-        _until(lambda: "queued" in ex.mapsets)
-        looking[0] = "running"  # the user goes back: the worker's sweep ends first
-        runner.wait(120)
-        assert ex.mapsets["running"].complete and ex.mapsets["queued"].complete
-        assert ex.store.progress is None  # nothing is being swept: no progress bar left behind
-    finally:
-        ex.close()
+def test_switching_to_a_queued_image_sweeps_it_now(slow) -> None:
+    ex, _, pictures = slow
+    runner, asked = ex.runner, []
+    real = runner.look_at
+    runner.look_at = lambda name: (asked.append(name), real(name))
+    runner.submit("running", pictures[1])
+    runner.submit("queued", pictures[2])
+    _until(lambda: "running" in ex.mapsets)
+    ex.state.image = "running"  # the app tells the runner what the user looks at
+    assert asked[-1] == "running"
+    runner.on_screen = lambda: "queued"  # as if the picker offered the queued image
+    runner.look_at("queued")
+    assert not any(item[0] == "queued" for item in runner.queue)  # taken out of the queue: swept now
+    _until(lambda: "queued" in ex.mapsets and ex.mapsets["queued"].complete)
+    assert not ex.mapsets["running"].complete
+    runner.wait(120)
+    assert ex.mapsets["running"].complete and not runner.busy
+
+
+def test_the_progress_is_cleared_when_the_sweep_started_for_the_user_ends_last(slow) -> None:
+    ex, _, pictures = slow
+    runner, looking = ex.runner, ["queued"]
+    runner.on_screen = lambda: looking[0]
+    runner.submit("running", pictures[1])
+    runner.submit("queued", pictures[2])
+    _until(lambda: "running" in ex.mapsets)
+    runner.look_at("queued")  # swept now, in its own thread
+    _until(lambda: "queued" in ex.mapsets)
+    looking[0] = "running"  # the user goes back: the worker's sweep ends first
+    runner.wait(120)
+    assert ex.mapsets["running"].complete and ex.mapsets["queued"].complete
+    assert ex.store.progress is None  # nothing is being swept: no progress bar left behind
