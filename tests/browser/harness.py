@@ -138,3 +138,26 @@ def jupyter(app: str, folder: Path, cache: Path) -> Iterator[str]:
     with server(command, log_path, env=env, cwd=folder) as proc:
         wait_listening(port, log_path, proc)
         yield f"http://127.0.0.1:{port}/"
+
+
+STARTED_JS = """() => { const p = document.querySelector('.jp-Notebook .jp-Cell .jp-InputPrompt');
+  return !!p && /\\[[*0-9]+\\]/.test(p.textContent); }"""
+
+
+def run_first_cell(page, url: str) -> None:
+    """Open the notebook at ``url`` in JupyterLab or Notebook 7 and run its first cell once its
+    kernel is up; the cell's prompt must show it started (``[*]`` or ``[1]``). A Shift+Enter that
+    reached the page before the editor took keys is pressed again, once."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(url, timeout=120_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
+    for attempt in range(2):
+        page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click(timeout=120_000)
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(STARTED_JS, timeout=15_000)
+            return
+        except PlaywrightTimeout:  # the key press was lost
+            if attempt:
+                raise

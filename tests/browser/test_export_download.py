@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TinyNet
-from harness import PAGES, chromium, jupyter, one_cell_notebook, require_chromium, voila
+from harness import PAGES, chromium, jupyter, one_cell_notebook, require_chromium, run_first_cell, voila
 
 import polycam_explorer as pe
 
@@ -42,10 +42,7 @@ def test_the_download_button_downloads_the_exported_file(app, tmp_path):
             if app == "voila":
                 page.goto(base, timeout=120_000)
             else:
-                page.goto(base + PAGES[app], timeout=120_000)
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
-                page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click(timeout=120_000)
-                page.keyboard.press("Shift+Enter")
+                run_first_cell(page, base + PAGES[app])
             page.wait_for_selector("canvas", timeout=120_000)
             page.get_by_role("tab", name="Export").click()
             outside.clear()  # from here on (plain `voila` itself asks a CDN for an icon font; `serve` does not)

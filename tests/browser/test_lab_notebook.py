@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import HASH_JS, PAGES, chromium, jupyter, one_cell_notebook, require_chromium
+from harness import HASH_JS, PAGES, chromium, jupyter, one_cell_notebook, require_chromium, run_first_cell
 
 import polycam_explorer as pe
 
@@ -45,11 +45,7 @@ def test_the_explorer_works_in(app, cache, tmp_path):
             outside: list[str] = []  # nothing is fetched from anywhere but the local server
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
                 (base, "data:", "blob:")) else None)
-            page.goto(base + PAGES[app], timeout=120_000)
-            # the kernel is up (a cell run before it would wait for a kernel choice)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
-            page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click(timeout=120_000)
-            page.keyboard.press("Shift+Enter")  # run the cell
+            run_first_cell(page, base + PAGES[app])  # once the kernel is up
 
             # the widget renders: the map drawn on its canvas, in the cell's output
             page.wait_for_selector(".jp-OutputArea canvas", timeout=120_000)
