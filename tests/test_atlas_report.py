@@ -7,20 +7,20 @@ import base64
 import io
 import os
 import re
+import threading
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet
 from PIL import Image
 
 import polycam_explorer as pe
 from polycam_explorer.atlas import build_index
 from polycam_explorer.atlas.aggregates import insdel_table
-from polycam_explorer.atlas.report import write_report
+from polycam_explorer.atlas.report import ReportCancelled, write_report
 from polycam_explorer.cli import main
-
-from conftest import TinyNet
 
 N = 5
 LABELS = {"img0": "c1", "img1": "c2", "img2": "c3"}
@@ -214,3 +214,46 @@ def test_index_command_writes_the_report(folder, tmp_path, capsys):
     assert main(["index", str(copy), "--no-progress", "--report", str(report)]) == 0
     assert str(report) in capsys.readouterr().out
     assert set(Page(report.read_text()).rows) == {"img2.mapset.npz", "img4.mapset.npz"}
+
+
+def test_progress_sees_every_row_and_the_total(index, tmp_path):
+    rows = index.rows()
+    seen = []
+    write_report(index, rows, tmp_path / "r.html", progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, N) for k in range(N + 1)]  # before the first row, then after each
+
+
+@pytest.mark.parametrize("flag", ["event", "callable"])
+def test_a_cancel_between_rows_leaves_nothing_and_the_earlier_file_whole(index, tmp_path, flag):
+    target = tmp_path / "r.html"
+    target.write_text("the earlier report")
+    stop = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done == 2:  # set from another thread while the report runs, as the atlas's cancel button does
+            threading.Thread(target=stop.set).start()
+            assert stop.wait(10)
+
+    with pytest.raises(ReportCancelled, match="cancelled after 2 of 5 rows"):
+        write_report(index, index.rows(), target, progress=progress,
+                     cancel=stop if flag == "event" else stop.is_set)
+    assert seen == [0, 1, 2]  # no row loaded after the cancel
+    assert target.read_text() == "the earlier report" and os.listdir(tmp_path) == ["r.html"]
+
+
+def test_a_cancel_after_the_last_row_still_writes_nothing(index, tmp_path):
+    stop = threading.Event()
+    with pytest.raises(ReportCancelled):
+        write_report(index, index.rows(), tmp_path / "r.html",
+                     progress=lambda done, total: stop.set() if done == total else None, cancel=stop)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_progress_and_cancel_are_named(index, tmp_path):
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        write_report(index, index.rows(), tmp_path / "r.html", progress=3)
+    with pytest.raises(TypeError, match="cancel must be"):
+        write_report(index, index.rows(), tmp_path / "r.html", cancel=True)
+    assert os.listdir(tmp_path) == []

@@ -241,9 +241,10 @@ def test_compare_pairs_by_image_sorted_by_disagreement(folders):
 def test_the_report_button_writes_the_filtered_selection(atlas, tmp_path):
     atlas.correct.value = "correct"
     chosen = _all_items(atlas)
-    atlas.report_button.click()
+    atlas.report.button.click()
+    atlas.report.wait(60)
     written = list(tmp_path.glob("atlas_report_*.html"))
-    assert len(written) == 1 and str(written[0]) in atlas.report_link.value
+    assert len(written) == 1 and str(written[0]) in atlas.report.link.value and atlas.report.path == written[0]
     text = written[0].read_text()
     assert all(r.image in text for r in chosen)
     others = [r for r in atlas.index.rows() if r not in chosen]

@@ -14,10 +14,11 @@ import base64
 import datetime
 import html
 import os
+import threading
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -72,8 +73,18 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
+class ReportCancelled(RuntimeError):
+    """Raised by :func:`write_report` when its ``cancel`` flag is set between two rows (nothing is
+    written)."""
+
+
+Progress = Callable[[int, int], None]  # (rows done, rows in all)
+CancelFlag = threading.Event | Callable[[], bool]
+
+
 def write_report(index: Index, rows: Iterable[Row | str], path: str | os.PathLike, *, variant: str = "+-",
-                 title: str | None = None, thumb_size: int = 128) -> Path:
+                 title: str | None = None, thumb_size: int = 128, progress: Progress | None = None,
+                 cancel: CancelFlag | None = None) -> Path:
     """Write the report of ``rows`` (rows of ``index`` or their files) to ``path``, atomically: the
     file is complete or not there (an earlier one stays whole when writing fails).
 
@@ -82,17 +93,38 @@ def write_report(index: Index, rows: Iterable[Row | str], path: str | os.PathLik
     about 2 x 30 kB per row at 128). Map sets are loaded one at a time; a row whose map set
     cannot be loaded any more shows the index's thumbnail instead, with a warning.
 
+    ``progress(done, total)`` is called before the first row (``done`` 0) and after each row;
+    ``cancel`` (a ``threading.Event`` or a callable returning True) is looked at right after each
+    call: once set, no other row is loaded, :class:`ReportCancelled` is raised and nothing is
+    written (an earlier file at ``path`` stays whole).
+
     Raises:
-        ValueError: an unknown variant, a ``thumb_size`` below 16; KeyError: a file not in the
-            index; OSError: ``path`` cannot be written (nothing is left there).
+        ValueError: an unknown variant, a ``thumb_size`` below 16; TypeError: a ``progress`` or
+            ``cancel`` that is neither None nor callable (nor an Event); KeyError: a file not in
+            the index; OSError: ``path`` cannot be written (nothing is left there);
+            ReportCancelled: ``cancel`` was set.
     """
     variant = canonical_variant(variant)
     if isinstance(thumb_size, bool) or not isinstance(thumb_size, int) or thumb_size < 16:
         raise ValueError(f"thumb_size must be an int >= 16, got {thumb_size!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
+    is_set = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+    if is_set is not None and not callable(is_set):
+        raise TypeError(f"cancel must be a threading.Event, a callable returning bool or None, "
+                        f"got {type(cancel).__name__}")
     rows = [r if isinstance(r, Row) else index.row(r) for r in rows]
+
+    def between_rows(done: int) -> None:
+        if progress is not None:
+            progress(done, len(rows))
+        if is_set is not None and is_set():
+            raise ReportCancelled(f"atlas report cancelled after {done} of {len(rows)} rows: nothing written "
+                                  f"to {str(path)!r}")
+
     title = title or f"Poly-CAM atlas report: {index.folder.resolve().name}"
     parts = [_header(rows, title, variant),
-             _rows_table(index, rows, variant, thumb_size),
+             _rows_table(index, rows, variant, thumb_size, between_rows),
              _aggregates(index, rows, variant)]
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + f"\n<script>{_SCRIPT}</script>"
@@ -189,7 +221,10 @@ def _pictures(index: Index, row: Row, variant: str, size: int) -> tuple[np.ndarr
     return _fit(photo, ms.frame, size), _fit(overlay, ms.frame, size)
 
 
-def _rows_table(index: Index, rows: Sequence[Row], variant: str, size: int) -> str:
+def _rows_table(index: Index, rows: Sequence[Row], variant: str, size: int,
+                between_rows: Callable[[int], None]) -> str:
+    """The rows' table; ``between_rows(done)`` runs before each row and after the last (it
+    reports progress and raises on a cancel)."""
     bar = (f'<div class="bar" style="background: {_gradient(CMAP)}" title="{CMAP}: 0 (bottom) to 1 (top)">'
            "<span>1</span><span>0</span></div>")
     head = ("<tr><th>#</th><th>Image</th><th>Photo</th><th>Map (" + VARIANT_NAMES[variant] + ")</th>"
@@ -198,6 +233,7 @@ def _rows_table(index: Index, rows: Sequence[Row], variant: str, size: int) -> s
             + "<th>Context reliance</th></tr>")
     body = []
     for number, row in enumerate(rows, 1):
+        between_rows(number - 1)
         photo, overlay = _pictures(index, row, variant, size)
         photo_cell = _img(photo, f"{row.image}") if photo is not None else "map set not found"
         correct = {None: ("", "—", ""), True: ("1", "yes", "right"), False: ("0", "no", "wrong")}[row.correct]
@@ -210,6 +246,7 @@ def _rows_table(index: Index, rows: Sequence[Row], variant: str, size: int) -> s
             f"{_num(row.confidence)}<td>{_e(row.label) if row.label is not None else '—'}</td>"
             f'<td data-v="{correct[0]}">{correct[1]}</td>'
             + "".join(_num(row.insdel(v)) for v in VARIANTS) + _num(row.context, 4) + "</tr>")
+    between_rows(len(rows))
     return (f'<section><h2>Images ({len(rows)})</h2><table class="sortable" id="rows"><thead>{head}</thead>'
             f"<tbody>\n" + "\n".join(body) + "</tbody></table></section>")
 

@@ -4,7 +4,6 @@ maps of the same images side by side, sorted by how much they disagree."""
 from __future__ import annotations
 
 import contextlib
-import html
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,12 @@ import torch
 from ..explorer import Explorer
 from ..explorer.canvas import FrameCanvas
 from ..explorer.panels import VARIANT_OPTIONS
-from ..explorer.views.export import default_export_dir, unique_path
+from ..explorer.views.export import default_export_dir
 from ..render import COLORMAPS
 from .compare import Pair
 from .grid import GridLayout, page_of
 from .index import Index
-from .report import write_report
+from .report_panel import ReportPanel
 from .selection import DISAGREEMENT, SORTS, Item, Query, Selection, open_or_build
 from .tilemaps import MAP_OF, TileMaps, check_map_of
 
@@ -68,7 +67,9 @@ class Atlas(W.HBox):
         page_size: tiles per page; columns: tiles per row (default 8; 4 comparing); variant:
         ``"+"``, ``"-"`` or ``"+-"``; cmap: the maps' colormap; panel_size: the explorer's;
         export_dir: where the explorer's exports and the HTML report go (default
-        ``$POLYCAM_EXPLORER_EXPORTS`` or ``./polycam_exports``).
+        ``$POLYCAM_EXPLORER_EXPORTS`` or ``./polycam_exports``). The report is written in the
+        background (``atlas.report``, a :class:`~.report_panel.ReportPanel`: progress, time left,
+        cancel) while the grid stays usable.
         map_of: whose map each tile shows (the ``map_of`` control; set ``atlas.map_of.value``
             later): ``"predicted"`` (the predicted class, stored in the index), ``"label"`` (the
             class the label names, stored in the index; an image without a label, or whose label
@@ -109,12 +110,14 @@ class Atlas(W.HBox):
         self._build_map_controls(check_map_of(map_of), map_class)
         self.canvas = FrameCanvas((1, 1), on_click=self.click)
         self.status = W.HTML()
+        self.report = ReportPanel(self.export_dir, self.status)
+        self.report.button.on_click(lambda _: self.export_report())
         self.explorer_box = W.VBox()
         grid = W.VBox([W.HBox([self.variant, self.cmap]), W.HBox([self.sort, self.descending]),
                        W.HBox([self.map_of, self.map_class]),
                        W.HBox([self.klass, self.label, self.correct]), self.confidence,
                        W.HBox([self.previous, self.page, self.pages_label, self.next, self.count]),
-                       self.canvas.canvas, W.HBox([self.report_button, self.report_link]), self.status])
+                       self.canvas.canvas, self.report, self.status])
         super().__init__([grid, self.explorer_box],
                          layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
         self.refresh()
@@ -145,11 +148,6 @@ class Atlas(W.HBox):
         self.next = W.Button(description="▶", tooltip="next page", layout=W.Layout(width="40px"))
         self.page = W.BoundedIntText(value=1, min=1, max=1, description="page", layout=W.Layout(width="130px"))
         self.pages_label, self.count = W.HTML(), W.HTML()
-        self.report_button = W.Button(description="export HTML report", icon="file",
-                                      tooltip="the images matching the filters, in the grid's order, as one "
-                                              "self-contained HTML file")
-        self.report_link = W.HTML()
-        self.report_button.on_click(lambda _: self.export_report())
         for control in (self.sort, self.descending, self.klass, self.label, self.correct, self.confidence):
             control.observe(lambda _: self.refresh(), names="value")
         for control in (self.variant, self.cmap):
@@ -239,21 +237,15 @@ class Atlas(W.HBox):
         finally:
             self._muted = False
 
-    def export_report(self) -> Path | None:
+    def export_report(self, *, block: bool = False) -> Path | None:
         """Write the HTML report (``pe.atlas.report``) of the images matching the filters, in the
-        grid's order, with the variant shown (model A's rows when comparing) into ``export_dir``;
-        show its path. Errors go to the status line (and None is returned)."""
+        grid's order, with the variant shown (model A's rows when comparing) into ``export_dir``,
+        in the background unless ``block`` (:meth:`.ReportPanel.start`; ``atlas.report.wait()``
+        waits for it); its path and a download button show when it is written. Errors and a
+        cancel go to the status line. Returns the path when ``block`` (None on error or cancel)."""
         query = self.query()
         rows = [item.a if isinstance(item, Pair) else item for item in self.selection.items(query)]
-        try:
-            self.export_dir.mkdir(parents=True, exist_ok=True)
-            path = write_report(self.index, rows, unique_path(self.export_dir, "atlas_report", ".html"),
-                                variant=query.variant)
-        except (ValueError, OSError) as exc:
-            self.status.value = f"<span style='color:#b00'>report not written: {exc}</span>"
-            return None
-        self.report_link.value = f"<span style='font-size:90%'>saved <code>{html.escape(str(path))}</code></span>"
-        return path
+        return self.report.start(self.index, rows, query.variant, block=block)
 
     # ----- opening an image ------------------------------------------------------------------
     def click(self, x: float, y: float) -> None:
@@ -304,7 +296,10 @@ class Atlas(W.HBox):
             self.explorer, self.opened = None, None
 
     def close(self) -> None:
-        """Close the explorer, the controls and the indexes this atlas opened."""
+        """Stop a report being written, close the explorer, the controls and the indexes this atlas
+        opened."""
+        if "report" in self.__dict__:
+            self.report.close()  # before the indexes: its worker reads them
         for index in self.__dict__.get("_owned", []):
             index.close()
         self._owned = []
@@ -314,7 +309,7 @@ class Atlas(W.HBox):
         self._close_explorer()
         for widget in (self.variant, self.cmap, self.map_of, self.map_class, self.sort, self.descending, self.klass,
                        self.label, self.correct, self.confidence, self.previous, self.next, self.page, self.pages_label, self.count,
-                       self.report_button, self.report_link, self.canvas.canvas, self.status, self.explorer_box):
+                       self.canvas.canvas, self.status, self.explorer_box):
             widget.close()
         super().close()
 
