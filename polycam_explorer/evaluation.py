@@ -16,8 +16,10 @@ images never share a part and a part of other settings or an older map is never 
 does only what is missing and gives the same bytes as an uninterrupted run; temporary files of
 an interrupted write are removed. The model's name is made safe for file names
 (:func:`runs.file_label`), and list entries must stay inside the image folder (symbolic links inside
-it are followed). Both steps run under ``torchrun --nproc-per-node N``: each rank takes every
-N-th image, writes its own part files, and rank 0 merges them after a barrier.
+it are followed). ``evaluate`` refuses maps whose metadata says they were made at another input size or
+from other files of the same names (:func:`runs.check_made_from`). Both steps run under ``torchrun
+--nproc-per-node N``: each rank takes every N-th image, writes its own part files, and rank 0 merges
+them after a barrier.
 When the map sets have an atlas index (``generate --save-mapsets`` keeps one in ``OUT/mapsets``),
 ``evaluate`` records each image's Ins-Del of the full-depth PCAM+, PCAM- and PCAM± maps in it.
 """
@@ -127,8 +129,10 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
     dist.barrier()
     if dist.rank != 0:
         return []
-    meta = {"model": model.name, "model_id": settings["model_id"], "size": size, "images": len(names)}
-    keys = {n: _image_key(images, n, settings) for n in names}
+    digests = {n: runs.image_digest(images, n) for n in names}
+    meta = {"model": model.name, "model_id": settings["model_id"], "size": runs.input_size(size, model.input_size),
+            "images": len(names), "image_sha256": digests}
+    keys = {n: runs.digest([settings, digests[n]]) for n in names}
     if all_depths and pcam and not layers_of:  # this rank had no image
         shape = tuple(load_image(Path(images) / names[0], model, size=size).shape[-2:])
         layers_of[shape] = find_target_layers(model, shape)
@@ -153,7 +157,7 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
 
 
 def _image_key(images: str | os.PathLike, name: str, settings: dict) -> str:
-    return runs.digest([settings, runs.digest((Path(images) / name).read_bytes())])
+    return runs.digest([settings, runs.image_digest(images, name)])
 
 
 def _generate_parts(out: Path, label: str, methods: Sequence[str], name: str, key: str, n_layers: int,
@@ -264,9 +268,12 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     if not files:
         raise ValueError("npz_files is empty: give at least one saliency npz file")
     label = runs.file_label(model.name)
-    loaded = []
+    loaded, digests = [], {}
     for f in files:
         maps, meta = read_maps(f, model)
+        if meta.get("image_sha256") and not digests:
+            digests = {n: runs.image_digest(images, n) for n in names}
+        runs.check_made_from(meta, f.name, size, model.input_size, digests)
         if not meta and not f.stem.startswith(f"{label}_"):
             raise ValueError(f"{f.name} does not name the model {label!r} ({label}_<method>.npz) and has no "
                              "metadata: is it a map file of another model?")

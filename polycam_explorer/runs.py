@@ -109,6 +109,41 @@ def array_digest(array: np.ndarray) -> str:
     return digest(json.dumps([str(array.dtype), list(array.shape)]).encode() + np.ascontiguousarray(array).tobytes())
 
 
+def input_size(size: object, model_size: tuple[int, int]) -> list[int] | int:
+    """The size a run resizes its images to, as its metadata records it: ``[H, W]`` (``None``: the
+    model's input size ``model_size``; an int ``n``: ``[n, n]``), or 0 for each image's own size."""
+    if size is None:
+        return [int(v) for v in model_size]
+    if isinstance(size, (int, np.integer)):
+        return 0 if size == 0 else [int(size)] * 2
+    return [int(v) for v in size]
+
+
+def check_made_from(meta: dict, what: str, size: object, model_size: tuple[int, int],
+                    digests: dict[str, str]) -> None:
+    """Refuse maps (metadata ``meta`` of the file ``what``) made at another input size than ``size``
+    (both as :func:`input_size` reads them) or from other files than these images (``digests``: name
+    -> :func:`image_digest`): scored here, they would be scored for a prediction they do not explain.
+
+    Raises:
+        ValueError: naming the file, the sizes or the images, and what to do.
+    """
+    made, run = input_size(meta.get("size"), model_size), input_size(size, model_size)
+    if "size" in meta and made != run:
+        raise ValueError(f"{what} holds maps made at input size {made}, but this run resizes the images to {run} "
+                         "(0: their own size): give the size the maps were generated at (--size)")
+    shas = meta.get("image_sha256") or {}
+    other = [n for n, d in digests.items() if shas.get(n, d) != d]
+    if other:
+        raise ValueError(f"{what}: the maps of {len(other)} images, e.g. {other[:3]}, were made from other files of "
+                         "those names, not the image files given here: generate the maps of these images again")
+
+
+def image_digest(folder: str | os.PathLike, name: str) -> str:
+    """The SHA-256 of an image file's bytes (recorded per image in a run's metadata)."""
+    return digest((Path(folder) / name).read_bytes())
+
+
 def _readable(image: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", image.replace("/", "__")).lstrip(".")[:80] or "image"
 

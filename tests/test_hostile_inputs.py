@@ -1,0 +1,48 @@
+"""An outside attack on the data paths: each test is a way a careful hostile user got a silently
+wrong result, an unhelpful crash or lost work, and now gets the right result or a clear error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polycam_explorer import evaluation
+
+
+def _photos(folder, *seeds, size=24):
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        pixels = np.random.RandomState(seed).randint(0, 256, (size, size, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{seed}.png")
+    return folder
+
+
+# ----- evaluate with maps that are not those of these images at this size ------------------------
+def test_evaluate_refuses_maps_made_at_another_input_size(tiny_model, tmp_path):
+    images = _photos(tmp_path / "images", 0, 1)
+    files = evaluation.generate(tiny_model, images, ["pcam+"], tmp_path / "out", size=(24, 24), progress=False)
+    # the maps explain the class predicted at 24 x 24; scoring them at 16 x 16 (the model's input
+    # size, the default) would score another prediction with them
+    with pytest.raises(ValueError, match=r"input size \[24, 24\].*\[16, 16\]"):
+        evaluation.evaluate(tiny_model, images, files, tmp_path / "eval", n_steps=4, progress=False)
+    rows = evaluation.evaluate(tiny_model, images, files, tmp_path / "eval", size=24, n_steps=4, progress=False)
+    assert rows[0]["images"] == 2
+
+
+def test_evaluate_takes_the_models_input_size_as_the_default_size(tiny_model, tmp_path):
+    images = _photos(tmp_path / "images", 0)
+    files = evaluation.generate(tiny_model, images, ["pcam+"], tmp_path / "out", progress=False)
+    rows = evaluation.evaluate(tiny_model, images, files, tmp_path / "eval", size=(16, 16), n_steps=4,
+                               progress=False)  # the same input as generate's default
+    assert rows[0]["images"] == 1
+
+
+def test_evaluate_refuses_maps_of_other_images_with_the_same_names(tiny_model, tmp_path):
+    files = evaluation.generate(tiny_model, _photos(tmp_path / "a", 0, 1), ["pcam+"], tmp_path / "out",
+                                progress=False)
+    other = _photos(tmp_path / "b", 0, 1)
+    (other / "p1.png").unlink()
+    _photos(tmp_path / "c", 7)
+    (tmp_path / "c" / "p7.png").rename(other / "p1.png")  # same name, another picture
+    with pytest.raises(ValueError, match=r"p1\.png.*not the image"):
+        evaluation.evaluate(tiny_model, other, files, tmp_path / "eval", n_steps=4, progress=False)
