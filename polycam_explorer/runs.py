@@ -76,7 +76,8 @@ def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None =
     ``folder``, sorted.
 
     Raises:
-        ValueError: a missing folder, list or listed file, a listed name that leaves ``folder``
+        ValueError: a missing folder, list or listed file, a list that is not UTF-8 text (a byte-order
+            mark is allowed), a listed name that leaves ``folder``
             (absolute, or with a ``..`` part), or no images.
     """
     folder = Path(folder)
@@ -85,7 +86,12 @@ def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None =
     if list_file is not None:
         if not Path(list_file).is_file():
             raise ValueError(f"image list {str(list_file)!r} does not exist")
-        names = [line.split()[0] for line in Path(list_file).read_text().splitlines() if line.strip()]
+        try:  # UTF-8, with or without the byte-order mark some editors write
+            text = Path(list_file).read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"image list {str(list_file)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                             "save it as UTF-8, one image name per line") from None
+        names = [line.split()[0] for line in text.splitlines() if line.strip()]
         outside = [n for n in names if os.path.isabs(n) or ".." in re.split(r"[/\\]", n)]
         if outside:
             raise ValueError(f"{len(outside)} entries of {str(list_file)!r} leave the image folder, e.g. "

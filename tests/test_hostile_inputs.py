@@ -46,3 +46,23 @@ def test_evaluate_refuses_maps_of_other_images_with_the_same_names(tiny_model, t
     (tmp_path / "c" / "p7.png").rename(other / "p1.png")  # same name, another picture
     with pytest.raises(ValueError, match=r"p1\.png.*not the image"):
         evaluation.evaluate(tiny_model, other, files, tmp_path / "eval", n_steps=4, progress=False)
+
+
+# ----- image lists as editors write them --------------------------------------------------------
+def test_an_image_list_saved_with_a_byte_order_mark_and_crlf_lines_is_read(tmp_path):
+    from polycam_explorer import runs
+
+    images = _photos(tmp_path / "images", 0, 1)
+    listed = tmp_path / "list.txt"
+    listed.write_bytes("p1.png 3\r\np0.png 5\r\n".encode("utf-8-sig"))  # Windows Notepad's UTF-8
+    assert runs.list_images(images, listed) == ["p1.png", "p0.png"]
+
+
+def test_an_image_list_that_is_not_utf8_text_is_named(tmp_path):
+    from polycam_explorer import runs
+
+    images = _photos(tmp_path / "images", 0)
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(b"\xff\xfep\x000\x00")  # UTF-16
+    with pytest.raises(ValueError, match=r"list\.txt.*UTF-8"):
+        runs.list_images(images, listed)
