@@ -31,12 +31,15 @@ reads only the current version, so its maps never depend on which version wrote 
 Loading checks the header against one schema (types, lengths) and every array's dtype and shape
 before building the map set; any fault is a ``ValueError`` naming the file: "not a
 polycam-explorer map-set file" for other files, "corrupt map-set file" for damaged or edited ones,
-and a refusal that says loading could run code for files holding pickled objects. Saving runs the
+and a refusal that says loading could run code for files holding pickled objects. An array whose
+header claims more data than the file holds is corrupt before any memory is taken for it, and a file
+too large for the memory is a ``ValueError`` too, not a ``MemoryError``. Saving runs the
 same checks first, so a file that loading would refuse is never written.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -244,12 +247,16 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                         version = np.lib.format.read_magic(f)
                         reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                   else np.lib.format.read_array_header_2_0)
-                        dtype = reader(f)[2]
+                        shape, _, dtype = reader(f)
                     except ValueError:
                         foreign.append(key)
                         continue
+                    held = zf.getinfo(member).file_size - f.tell()
                 if dtype.hasobject:
                     pickled.append(key)
+                elif math.prod(shape) * dtype.itemsize > held:  # checked before any memory is taken
+                    raise ValueError(f"corrupt map-set file {name!r}: the array {key!r} claims shape {shape} "
+                                     f"({math.prod(shape) * dtype.itemsize} bytes) but its file holds {held} bytes")
             if foreign:
                 raise ValueError(f"{not_ours}: it is a zip archive whose members {foreign[:5]} are not "
                                  "NumPy arrays")
@@ -265,8 +272,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 with zf.open(member) as f:
                     arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
             return arrays
+    except MemoryError as exc:
+        raise ValueError(f"map-set file {name!r} is too large to load in this memory ({exc})") from None
     except ValueError as exc:
-        if str(exc).startswith((not_ours, f"{name!r} is refused")):
+        if str(exc).startswith((not_ours, f"{name!r} is refused", f"corrupt map-set file {name!r}")):
             raise
         raise ValueError(f"{name!r} is not a readable map-set file (truncated or damaged?): {exc}") from exc
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as exc:

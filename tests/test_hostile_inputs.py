@@ -66,3 +66,48 @@ def test_an_image_list_that_is_not_utf8_text_is_named(tmp_path):
     listed.write_bytes(b"\xff\xfep\x000\x00")  # UTF-16
     with pytest.raises(ValueError, match=r"list\.txt.*UTF-8"):
         runs.list_images(images, listed)
+
+
+# ----- map-set files edited by hand ---------------------------------------------------------------
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _with_claimed_shape(src, dst, name, shape):
+    """``src`` with array ``name``'s header claiming ``shape``, its data left short."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(dst, "w") as zf:
+        for key, value in _arrays(src).items():
+            buffer = io.BytesIO()
+            if key == name:
+                np.lib.format.write_array_header_2_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                buffer.write(bytes(64))
+            else:
+                np.save(buffer, value)
+            zf.writestr(f"{key}.npy", buffer.getvalue())
+    return dst
+
+
+@pytest.mark.parametrize("shape", [(10 ** 6, 10 ** 3, 10 ** 3), (1000, 1000, 1000), (4, 4, 4)])
+def test_an_array_claiming_more_data_than_its_file_holds_is_corrupt_not_a_memory_error(ms, tmp_path, shape):
+    import polycam_explorer as pe
+
+    ms.save(tmp_path / "a.mapset.npz")
+    bad = _with_claimed_shape(tmp_path / "a.mapset.npz", tmp_path / "bad.mapset.npz", "act_0", shape)
+    with pytest.raises(ValueError, match=r"bad\.mapset\.npz.*'act_0'.*claims"):
+        pe.MapSet.load(bad)
+
+
+def test_an_array_too_large_for_memory_is_a_clear_error(ms, tmp_path, monkeypatch):
+    import polycam_explorer as pe
+
+    ms.save(tmp_path / "a.mapset.npz")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 40.0 GiB")
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    with pytest.raises(ValueError, match=r"a\.mapset\.npz.*too large to load"):
+        pe.MapSet.load(tmp_path / "a.mapset.npz")
