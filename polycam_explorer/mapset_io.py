@@ -29,7 +29,7 @@ any that hold inf or NaN are refused as corrupt. The disk cache (:mod:`polycam_e
 reads only the current version, so its maps never depend on which version wrote an entry.
 
 Loading checks the header against one schema (types, lengths) and every array's dtype and shape
-before building the map set; any fault is a ``ValueError`` naming the file: "not a
+(none empty; ``s0``, ``S+`` and ``S-`` are probabilities, in [0, 1]) before building the map set; any fault is a ``ValueError`` naming the file: "not a
 polycam-explorer map-set file" for other files, "corrupt map-set file" for damaged or edited ones,
 and a refusal that says loading could run code for files holding pickled objects. An array whose
 header claims more data than the file holds is corrupt before any memory is taken for it, and a file
@@ -340,7 +340,10 @@ def _build(h: dict, arrays: dict, version: int) -> Stored:
     s0 = _array(arrays, "s0", 1, None, version)
     n = len(h["class_names"])
     schema.need(s0.shape == (n,), f"s0 has {s0.shape[0]} probabilities for {n} class names")
+    schema.check_probabilities("s0", s0)
     acts = [_array(arrays, f"act_{i}", 3, 0, version) for i in range(len(h["layers"]))]
+    for i, act in enumerate(acts):
+        schema.check_activations(f"act_{i}", act.shape)
     stored = Stored(fields=dict(image=torch.from_numpy(image), layers=h["layers"],
                                 activations=[torch.from_numpy(a) for a in acts], s0=torch.from_numpy(s0),
                                 class_names=h["class_names"], model_name=h["model_name"],
@@ -359,5 +362,6 @@ def _build(h: dict, arrays: dict, version: int) -> Stored:
         for key, scores in (("S+", plus), ("S-", minus)):
             schema.need(scores.shape == expected, f"{key} of layer {h['layers'][i]!r} has shape {scores.shape}, "
                                             f"expected {expected} (channels, classes)")
+            schema.check_probabilities(f"{key} of layer {h['layers'][i]!r}", scores)
         stored.scores[i] = LayerScores(torch.from_numpy(plus), torch.from_numpy(np.ascontiguousarray(minus)))
     return stored

@@ -64,3 +64,20 @@ def check_header(h: dict) -> None:
 def check_image(shape: tuple, channels: int) -> None:
     need(len(shape) == 4 and shape[0] == 1 and shape[1] == channels,
           f"the image has shape {tuple(shape)}; expected [1, {channels}, H, W] (one value of 'mean' per channel)")
+    need(min(shape) > 0, f"the image has shape {tuple(shape)}: it is empty")
+
+
+def check_activations(name: str, shape: tuple) -> None:
+    need(min(shape) > 0, f"the array {name!r} has shape {tuple(shape)}: it is empty (a layer's activations "
+                         "have at least one channel and one pixel)")
+
+
+PROBABILITY_SLACK = 1e-3  # fp16 files store s0 - S-, whose rounding may step a little past 0 or 1
+
+
+def check_probabilities(what: str, x) -> None:
+    """Scores are class probabilities (softmax or sigmoid outputs): in [0, 1], up to fp16 rounding."""
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    need(low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK,
+         f"{what} holds values in [{low:g}, {high:g}], outside [0, 1]: the scores of a map set are class "
+         "probabilities")

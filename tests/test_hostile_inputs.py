@@ -111,3 +111,35 @@ def test_an_array_too_large_for_memory_is_a_clear_error(ms, tmp_path, monkeypatc
     monkeypatch.setattr(np.lib.format, "read_array", no_memory)
     with pytest.raises(ValueError, match=r"a\.mapset\.npz.*too large to load"):
         pe.MapSet.load(tmp_path / "a.mapset.npz")
+
+
+def _edited(ms, tmp_path, **arrays):
+    ms.save(tmp_path / "a.mapset.npz")
+    data = _arrays(tmp_path / "a.mapset.npz")
+    data.update(arrays)
+    np.savez_compressed(tmp_path / "bad.mapset.npz", **data)
+    return tmp_path / "bad.mapset.npz"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("image", np.zeros((1, 3, 0, 16), np.float32)),
+    ("act_0", np.zeros((4, 0, 16), np.float32)),
+    ("act_2", np.zeros((0, 4, 4), np.float32)),  # no channel: every map of it would be 0
+])
+def test_empty_images_and_activations_are_corrupt(ms, tmp_path, key, value):
+    import polycam_explorer as pe
+
+    extra = {"splus_2": np.zeros((0, 5), np.float32), "sminus_2": np.zeros((0, 5), np.float32)} if key == "act_2" else {}
+    with pytest.raises(ValueError, match=rf"corrupt map-set file .*{key}.*empty"):
+        pe.MapSet.load(_edited(ms, tmp_path, **{key: value}, **extra))
+
+
+@pytest.mark.parametrize("key", ["s0", "splus_1", "sminus_2"])
+def test_probabilities_outside_0_1_are_corrupt(ms, tmp_path, key):
+    import polycam_explorer as pe
+
+    ms.save(tmp_path / "a.mapset.npz")
+    value = _arrays(tmp_path / "a.mapset.npz")[key].copy()
+    value.flat[0] = 5.0  # a logit, not a probability: every map would be silently wrong
+    with pytest.raises(ValueError, match=r"corrupt map-set file .*outside \[0, 1\]"):
+        pe.MapSet.load(_edited(ms, tmp_path, **{key: value}))
