@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .layers import float_dtype
 from .model_state import inference_state
 from .models import as_classifier, probabilities
 
@@ -49,13 +50,29 @@ def saliency_rank(saliency: torch.Tensor, ties: str = "authors") -> torch.Tensor
     return rank
 
 
-def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: int, which: str = "") -> None:
+def _count(value: object) -> int | None:
+    """``value`` as an int (Python or numpy; not a bool), else None."""
+    return None if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) else int(value)
+
+
+def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: int, channels: int,
+           which: str = "") -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(saliency, torch.Tensor):
         raise TypeError(f"x{which} and saliency{which} must be torch tensors, got {type(x).__name__} and "
                         f"{type(saliency).__name__}")
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"x{which} must have shape 1 x C x H x W, got {tuple(x.shape)}")
+    for name, t in (("x", x), ("saliency", saliency)):
+        if t.is_meta:
+            raise ValueError(f"{name}{which} is on the meta device (a shape without values): give a tensor with data")
+    if x.dim() != 4 or x.shape[0] != 1 or not torch.is_floating_point(x):
+        raise ValueError(f"x{which} must be a floating-point tensor of shape 1 x C x H x W, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"x{which} has {x.shape[1]} channels but the model takes {channels}; pe.load_image "
+                         "converts grayscale and RGBA images")
     h, w = x.shape[-2:]
+    if min(h, w) < 6:
+        raise ValueError(f"x{which} is {h} x {w} pixels; the blurred baseline (an 11 x 11 Gaussian) needs at least "
+                         "6 x 6 pixels")
     if tuple(saliency.shape[-2:]) != (h, w) or saliency.numel() != h * w:
         raise ValueError(f"saliency{which} must be {h} x {w} like the image, got {tuple(saliency.shape)}")
     if saliency.is_complex():
@@ -66,9 +83,9 @@ def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: in
                          "(a NaN would be ranked as the most salient pixel)")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"x{which} contains NaN or infinite values")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= h * w:
+    if _count(n_steps) is None or not 1 <= n_steps <= h * w:
         raise ValueError(f"n_steps must be an int in 1..{h * w}, got {n_steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if _count(batch_size) is None or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
@@ -92,12 +109,13 @@ def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies
     if unknown or not kinds:
         raise ValueError(f"kinds must be 'insertion' and/or 'deletion', got {list(kinds)}")
     for i, (x, sal) in enumerate(zip(xs, saliencies)):
-        _check(x, sal, n_steps, batch_size, f"[{i}]" if len(xs) > 1 else "")
+        _check(x, sal, n_steps, batch_size, clf.channels, f"[{i}]" if len(xs) > 1 else "")
         if x.shape != xs[0].shape:
             raise ValueError(f"images batched together must have one size, got {tuple(x.shape)} and "
                              f"{tuple(xs[0].shape)}")
+    n_steps, batch_size = int(n_steps), int(batch_size)
     device = next((p.device for p in clf.net.parameters()), xs[0].device)
-    images = torch.cat([x.to(device) for x in xs])
+    images = torch.cat([x.to(device, float_dtype(clf.net)) for x in xs])  # run as the model's dtype, as sweeps do
     blurred = blur_baseline(images)
     h, w = images.shape[-2:]
     ranks = torch.stack([saliency_rank(s.to(device).float(), ties).reshape(1, h, w) for s in saliencies])

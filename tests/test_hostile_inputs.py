@@ -143,3 +143,51 @@ def test_probabilities_outside_0_1_are_corrupt(ms, tmp_path, key):
     value.flat[0] = 5.0  # a logit, not a probability: every map would be silently wrong
     with pytest.raises(ValueError, match=r"corrupt map-set file .*outside \[0, 1\]"):
         pe.MapSet.load(_edited(ms, tmp_path, **{key: value}))
+
+
+# ----- insertion / deletion at their edges ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+def test_metrics_take_images_in_other_float_dtypes_as_the_sweep_does(tiny_model, tiny_x, dtype):
+    import torch
+
+    import polycam_explorer as pe
+
+    sal = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    auc, curve = pe.insertion(tiny_model, tiny_x.to(getattr(torch, dtype)), sal, 1, 8)
+    expected, _ = pe.insertion(tiny_model, tiny_x.to(getattr(torch, dtype)).float(), sal, 1, 8)
+    assert auc == pytest.approx(expected, abs=1e-6) and curve.shape == (8,)
+
+
+@pytest.mark.parametrize("x, message", [
+    (lambda x: x.int(), r"x must be a floating-point tensor"),
+    (lambda x: x[:, :1], r"x has 1 channels but the model takes 3"),
+    (lambda x: x.to("meta"), r"x is on the meta device"),
+    (lambda x: x[..., :5, :], r"at least 6 x 6 pixels"),
+])
+def test_metrics_refuse_images_they_cannot_score_clearly(tiny_model, tiny_x, x, message):
+    import torch
+
+    import polycam_explorer as pe
+
+    image = x(tiny_x)
+    with pytest.raises(ValueError, match=message):
+        pe.deletion(tiny_model, image, torch.rand(image.shape[-2:]), 0, 4)
+
+
+def test_metrics_refuse_a_saliency_map_on_the_meta_device(tiny_model, tiny_x):
+    import torch
+
+    import polycam_explorer as pe
+
+    with pytest.raises(ValueError, match=r"saliency is on the meta device"):
+        pe.insertion(tiny_model, tiny_x, torch.rand(16, 16, device="meta"), 0, 4)
+
+
+def test_metrics_take_numpy_integers_for_counts(tiny_model, tiny_x):
+    import torch
+
+    import polycam_explorer as pe
+
+    sal = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    assert pe.insertion(tiny_model, tiny_x, sal, 1, np.int64(8), batch_size=np.int32(4))[0] == pytest.approx(
+        pe.insertion(tiny_model, tiny_x, sal, 1, 8, batch_size=4)[0])
