@@ -21,7 +21,7 @@ import torch
 from .layers import module_device
 from .mapset import MapSet
 from .files import cache_dir
-from .identity import model_fingerprint
+from .identity import model_fingerprint, one_model
 
 MIN_FREE_BYTES = 1 << 20  # below this much free space, a map set (VGG16 at 224: ~10 MB) will not fit
 
@@ -123,15 +123,16 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
     check_backend(backend)  # a bad name is refused before any work
     model = as_classifier(model) if model is not None else load_model()
     x = load_image(image, model, size=size)
-    ms = cached(model, layers, x, cache_dir, device)
-    if ms is None:
-        can_write = writable(cache_dir)  # warns before the sweep; the sweep runs either way
-        run_device = torch.device(device) if device is not None else module_device(model)
-        ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
-                            device=device, progress=progress, backend=backend)
-        ms.frame = image_frame(image)  # the photo's own (H, W): maps are drawn back onto it
-        if can_write:
-            store(ms, model, layers, x, cache_dir)
+    with one_model():  # the cache key, the loaded file's check and the sweep: one hash of the model
+        ms = cached(model, layers, x, cache_dir, device)
+        if ms is None:
+            can_write = writable(cache_dir)  # warns before the sweep; the sweep runs either way
+            run_device = torch.device(device) if device is not None else module_device(model)
+            ms = compute_mapset(model, x, layers, batch_size=batch_size or default_batch_size(run_device),
+                                device=device, progress=progress, backend=backend)
+            ms.frame = image_frame(image)  # the photo's own (H, W): maps are drawn back onto it
+            if can_write:
+                store(ms, model, layers, x, cache_dir)
     return ms
 
 

@@ -2,11 +2,16 @@
 module tree and code), so that a map set is never served for, or accepted by, another model."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import os
+import threading
 import types
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -46,6 +51,49 @@ def model_fingerprint(model: nn.Module) -> str:
     recompute them).
     """
     net = as_classifier(model).net
+    pinned = _PINNED.get()
+    if pinned is not None and id(net) in pinned:
+        return pinned[id(net)][1]
+    with _copy_stream(net):
+        fingerprint = _fingerprint(net)
+    with _LAST_LOCK:
+        _LAST[net] = fingerprint
+    if pinned is not None:
+        pinned[id(net)] = (net, fingerprint)  # the network is held: its id is not reused meanwhile
+    return fingerprint
+
+
+def fingerprint_in_background(model: nn.Module) -> Future:
+    """:func:`model_fingerprint` computed in a worker thread (in the caller's :func:`one_model`
+    scope, if any): a sweep plans its masks meanwhile, and on a GPU runs its probes meanwhile."""
+    return _WORKERS.submit(contextvars.copy_context().run, model_fingerprint, model)
+
+
+def last_fingerprint(model: nn.Module) -> str | None:
+    """The fingerprint this very network object had when it was last computed, or None. A guess
+    only: its weights may have changed since; compare with :func:`model_fingerprint`."""
+    with _LAST_LOCK:
+        return _LAST.get(as_classifier(model).net)
+
+
+@contextlib.contextmanager
+def one_model() -> Iterator[None]:
+    """Within this block each network's fingerprint is computed once: one operation (look up the
+    cache, load or compute, store) takes the model to stay the same model throughout."""
+    token = _PINNED.set({} if _PINNED.get() is None else _PINNED.get())
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+
+
+_PINNED: contextvars.ContextVar[dict[int, tuple[nn.Module, str]] | None] = contextvars.ContextVar("pinned_fingerprints", default=None)
+_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAST_LOCK = threading.Lock()
+_WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="polycam-fingerprint")
+
+
+def _fingerprint(net: nn.Module) -> str:
     digest = hashlib.sha256()
     put = lambda *parts: digest.update(repr(parts).encode())  # noqa: E731
     seen_tensors: dict[int, str] = {}
@@ -63,7 +111,9 @@ def model_fingerprint(model: nn.Module) -> str:
                 if tensor is not None:
                     _hash_tensor(tensor, digest, seen_tensors, f"{name}.{key}")
         for table in ("_forward_pre_hooks", "_forward_hooks"):
-            for hook in getattr(module, table).values():
+            # a snapshot (list() runs without releasing the GIL): another thread's sweep may
+            # register or remove its own hooks on this module meanwhile
+            for hook in list(getattr(module, table).values()):
                 if not getattr(hook, "__module__", "").startswith(__package__ + "."):
                     put(table, _describe(hook, digest, seen_tensors, name))
     visited: set[int] = set()
@@ -105,18 +155,53 @@ def _hash_tensor(tensor: torch.Tensor, digest, seen: dict[int, str], name: str) 
     flat = data.reshape(-1).contiguous().view(torch.uint8)  # on its device: bytes in logical order
     if not flat.numel():
         return
+    stream = _STREAM.value
     if flat.numel() <= _CHUNK:
-        digest.update(flat.cpu().numpy().data)
+        digest.update(_host_bytes(flat, stream))
         return
     # a large tensor: the hashes of its fixed 8 MiB chunks, each copied to the host and hashed in
     # a thread (both release the GIL), in order: the same value on every device, machine and
     # thread count
     chunks = [flat[i:i + _CHUNK] for i in range(0, flat.numel(), _CHUNK)]
     with ThreadPoolExecutor(max_workers=min(8, len(chunks), os.cpu_count() or 1)) as pool:
-        digest.update(b"".join(pool.map(lambda c: hashlib.sha256(c.cpu().numpy().data).digest(), chunks)))
+        digest.update(b"".join(pool.map(lambda c: hashlib.sha256(_host_bytes(c, stream)).digest(), chunks)))
 
 
 _CHUNK = 1 << 23
+
+
+class _Stream(threading.local):
+    value = None  # the CUDA stream this thread's fingerprint copies tensors on (None: the current one)
+
+
+_STREAM = _Stream()
+
+
+@contextlib.contextmanager
+def _copy_stream(net: nn.Module):
+    """For a network on a CUDA device: copy its tensors to the host on a side stream, after the
+    work queued so far, so that a fingerprint taken beside a sweep does not wait behind the sweep's
+    probe batches on the default stream (nothing the sweep runs writes the weights)."""
+    device = next((t.device for t in net.parameters()), None)
+    if device is None or device.type != "cuda":
+        yield
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    _STREAM.value = stream
+    try:
+        with torch.cuda.stream(stream):  # this thread's own copies (``contiguous``, ...) too
+            yield
+    finally:
+        _STREAM.value = None
+
+
+def _host_bytes(flat: torch.Tensor, stream) -> memoryview:
+    """The bytes of a flat uint8 tensor, copied to the host (on ``stream`` for a tensor on it)."""
+    if stream is None or flat.device != stream.device:
+        return flat.cpu().numpy().data
+    with torch.cuda.stream(stream):
+        return flat.cpu().numpy().data
 
 
 def _describe(value: object, digest, seen: dict[int, str], name: str, depth: int = 0) -> object:

@@ -272,29 +272,29 @@ def energy_order(acts: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
 
 
 def precision_agreement(reference: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                        acts: torch.Tensor, plan: LayerPlan, scores: LayerScores, s0: torch.Tensor, *,
+                        acts: torch.Tensor, plan: LayerPlan, scores: LayerScores, s0: torch.Tensor,
+                        reference_s0: torch.Tensor, reference_f_zero: torch.Tensor, *,
                         batch_size: int, n_masks: int = 32) -> float:
     """How well a reduced-precision sweep of one layer agrees with ``reference`` (fp32).
 
     Cheap by design: the ``n_masks`` distinct masks of highest activation energy are probed again
-    with ``reference`` (with ``s0`` and ``f(0)`` in fp32 too), and the layer's CAM
-    restricted to those channels is made from both score sets for PCAM+, PCAM- and PCAM±, for the
-    three most probable classes. Returns the smallest Pearson r of the nine (PCAM-'s ``s0 - S-`` is
-    the sensitive one). An estimate: the recursion can amplify differences at greater depths.
+    with ``reference`` (whose ``s0`` and ``f(0)`` are ``reference_s0`` and ``reference_f_zero``),
+    and the layer's CAM restricted to those channels is made from both score sets for PCAM+, PCAM-
+    and PCAM±, for the three most probable classes. Returns the smallest Pearson r of the nine
+    (PCAM-'s ``s0 - S-`` is the sensitive one). An estimate: the recursion can amplify differences
+    at greater depths.
     """
     from .backends import pearson
     from .polycam import VARIANTS, channel_weights, layer_cam
 
     keep = energy_order(acts, plan)[:n_masks]
     sub = subset_plan(plan, keep)
-    both = probabilities(reference(torch.cat([x, torch.zeros_like(x)])))
-    s0_ref, f_zero_ref = both[0], both[1]
-    ref = probe_layer(reference, x, sub, s0_ref, f_zero_ref, batch_size=batch_size)
+    ref = probe_layer(reference, x, sub, reference_s0, reference_f_zero, batch_size=batch_size)
     channels = sub.inverse >= 0
     worst = 1.0
-    for c in torch.topk(s0_ref, min(3, s0_ref.numel())).indices.tolist():
+    for c in torch.topk(reference_s0, min(3, reference_s0.numel())).indices.tolist():
         for variant in VARIANTS:
-            w_ref = channel_weights(variant, s0_ref[c], ref.s_plus[channels, c], ref.s_minus[channels, c])
+            w_ref = channel_weights(variant, reference_s0[c], ref.s_plus[channels, c], ref.s_minus[channels, c])
             w_low = channel_weights(variant, s0[c], scores.s_plus[channels, c], scores.s_minus[channels, c])
             worst = min(worst, pearson(layer_cam(acts[channels], w_ref), layer_cam(acts[channels], w_low)))
     return worst
