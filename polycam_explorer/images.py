@@ -34,11 +34,12 @@ def load_image(image: ImageLike, model: nn.Module | None = None, *,
             0..255, uint16 in 0..65535, or float in [0, 1]).
         model: the classifier (its mean, std, input size, channels); ``None`` for the default's.
         size: ``None`` for the model's input size, an int >= 8 for a square, ``(H, W)`` ints >= 8,
-            or ``0`` to keep the image's own size. The whole image is resized (nothing is cropped).
+            or ``0`` to keep the image's own size. The whole image is resized (nothing is cropped);
+            at most ``Image.MAX_IMAGE_PIXELS`` pixels, as for files.
 
     Raises:
         ValueError / TypeError: naming what was wrong and what is accepted: a missing, unreadable
-            or too large file (PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb limit), an
+            or too large file (a folder, a broken link or a pipe is named as such) (PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb limit), an
             empty image, another array dtype or shape, floats outside [0, 1], a malformed ``size``.
     """
     clf = as_classifier(model) if model is not None else None
@@ -91,6 +92,10 @@ def _check_size(size: object, default: tuple[int, int], native: tuple[int, int])
         raise TypeError(f"size must be {_SIZE_ACCEPTED}, got {size!r} ({type(size).__name__})")
     if min(pair) < 8:
         raise ValueError(f"size must be {_SIZE_ACCEPTED}; got {size!r}: at least 8 x 8 pixels are needed")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and pair[0] * pair[1] > limit:  # the limit files are read under: checked before allocating
+        raise ValueError(f"size {size!r} asks for {pair[0] * pair[1]} pixels, over PIL's decompression-bomb "
+                         f"limit of {limit} (Image.MAX_IMAGE_PIXELS); give a smaller size")
     return pair
 
 
@@ -111,8 +116,7 @@ def open_image(source: str | os.PathLike | bytes | bytearray | memoryview, *, na
         stream = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         label = repr(str(source))
-        if not Path(source).is_file():
-            raise ValueError(f"image file {label} does not exist")
+        _check_file(Path(source), label)
         stream = source
     else:
         raise TypeError(f"source must be a file path or bytes, got {type(source).__name__}")
@@ -127,6 +131,19 @@ def open_image(source: str | os.PathLike | bytes | bytearray | memoryview, *, na
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, EOFError, struct.error...
         raise ValueError(f"could not read {label} as an image (accepted: {IMAGE_TYPES}): {exc}") from exc
+
+
+def _check_file(path: Path, label: str) -> None:
+    """A ValueError saying what ``path`` is when it is not a readable regular file."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ValueError(f"image file {label} is a folder, not an image file")
+    if path.is_symlink():
+        raise ValueError(f"image file {label} is a symbolic link to {str(path.readlink())!r}, which does not exist")
+    if path.exists():
+        raise ValueError(f"image file {label} is not a regular file (a pipe, socket or device); give an image file")
+    raise ValueError(f"image file {label} does not exist")
 
 
 class _Refused(ValueError):

@@ -191,3 +191,30 @@ def test_metrics_take_numpy_integers_for_counts(tiny_model, tiny_x):
     sal = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
     assert pe.insertion(tiny_model, tiny_x, sal, 1, np.int64(8), batch_size=np.int32(4))[0] == pytest.approx(
         pe.insertion(tiny_model, tiny_x, sal, 1, 8, batch_size=4)[0])
+
+
+# ----- images: sizes and paths ----------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(8, 10 ** 9), 10 ** 6])
+def test_a_resize_beyond_the_pixel_limit_is_refused_before_allocating(size):
+    import polycam_explorer as pe
+
+    with pytest.raises(ValueError, match=r"size .* over .*MAX_IMAGE_PIXELS"):
+        pe.load_image(np.zeros((16, 16, 3), np.uint8), size=size)
+
+
+def test_paths_that_are_not_image_files_say_what_they_are(tmp_path):
+    import os
+
+    import polycam_explorer as pe
+
+    (tmp_path / "photo.png").mkdir()
+    with pytest.raises(ValueError, match=r"photo\.png' is a folder"):
+        pe.load_image(tmp_path / "photo.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "link.png")
+    with pytest.raises(ValueError, match=r"link\.png' is a symbolic link to .*gone\.png.*does not exist"):
+        pe.load_image(tmp_path / "link.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ValueError, match=r"pipe\.png' is not a regular file"):
+        pe.load_image(tmp_path / "pipe.png")
+    with pytest.raises(ValueError, match=r"missing\.png' does not exist"):
+        pe.load_image(tmp_path / "missing.png")
