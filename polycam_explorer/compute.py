@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import backends
+from .cancel import cancel_check
 from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .identity import fingerprint_in_background, last_fingerprint
@@ -44,6 +45,7 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(progressive, bool):
         raise TypeError(f"progressive must be True or False, got {progressive!r}")
+    cancel_check(cancel)  # a bad value is refused before any work
     net = clf.net
     model_device = module_device(net)
     if device is not None and torch.device(device) != model_device:

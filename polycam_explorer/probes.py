@@ -13,11 +13,9 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .cancel import cancel_check
 from .models import probabilities
 from .polycam import resize, unit_normalize
-
-CancelFlag = Callable[[], bool]
-
 
 class SweepCancelled(RuntimeError):
     """Raised when a sweep is cancelled through its ``cancel`` flag."""
@@ -54,13 +52,6 @@ def plan_layer(acts: torch.Tensor) -> LayerPlan:
         unique, inv = torch.unique(flat[nonzero], dim=0, return_inverse=True)
         inverse[nonzero] = inv
     return LayerPlan(unique.reshape(-1, *u.shape[1:]), inverse)
-
-
-def _cancelled(cancel: CancelFlag | object | None) -> bool:
-    if cancel is None:
-        return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set() if is_set is not None else cancel())
 
 
 ESTIMATE_EVERY_S = 0.5  # progressive sweeps: at most one estimate per this many seconds (the first is free)
@@ -100,9 +91,10 @@ def _probe_batches(net, x: torch.Tensor, plan: LayerPlan, plus: torch.Tensor, mi
         SweepCancelled: when ``cancel`` is set between two batches.
     """
     size = x.shape[-2:]
+    stop_now = cancel_check(cancel)
     start = 0
     while start < plan.probes:
-        if _cancelled(cancel):
+        if stop_now():
             raise SweepCancelled("probe sweep cancelled")
         stop = min(start + (first if start == 0 and first else batch_size), plan.probes)
         j = torch.arange(start, stop, device=x.device)
@@ -219,6 +211,7 @@ def sweep(net: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     """
     from tqdm.auto import tqdm
 
+    stop_now = cancel_check(cancel)
     plans = list(plans) if plans is not None else [plan_layer(a) for a in acts]
     total = 1 + sum(p.probes for p in plans)
     counts = {"forward_passes": 0, "naive_passes": 0}
@@ -233,7 +226,7 @@ def sweep(net: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         f_zero = probabilities(net(torch.zeros_like(x)))[0]
         advance(1)
         for index in reversed(range(len(plans))):
-            if _cancelled(cancel):
+            if stop_now():
                 raise SweepCancelled("probe sweep cancelled")
             channels = acts[index].shape[0]
             if progressive and index == len(plans) - 1:

@@ -69,6 +69,12 @@ def test_bad_batch_size(tiny_model, tiny_x, batch_size) -> None:
         pe.compute_mapset(tiny_model, tiny_x, batch_size=batch_size, progress=False)
 
 
+@pytest.mark.parametrize("cancel", [True, "stop", 1])
+def test_a_cancel_flag_that_cannot_be_asked_is_refused_before_the_sweep(tiny_model, tiny_x, cancel) -> None:
+    with pytest.raises(TypeError, match="cancel must be a threading.Event, a callable"):
+        pe.compute_mapset(tiny_model, tiny_x, progress=False, cancel=cancel)
+
+
 # ----- reading maps ---------------------------------------------------------------------------
 @pytest.mark.parametrize("class_idx", [5, -1, 1000])
 def test_class_out_of_range(tiny_ms, class_idx) -> None:

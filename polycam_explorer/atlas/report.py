@@ -14,7 +14,6 @@ import base64
 import datetime
 import html
 import os
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import render
+from ..cancel import CancelFlag, cancel_check
 from ..files import atomic_write
 from ..polycam import canonical_variant
 from .aggregates import class_means, insdel_table
@@ -79,12 +79,11 @@ class ReportCancelled(RuntimeError):
 
 
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
-CancelFlag = threading.Event | Callable[[], bool]
 
 
 def write_report(index: Index, rows: Iterable[Row | str], path: str | os.PathLike, *, variant: str = "+-",
                  title: str | None = None, thumb_size: int = 128, progress: Progress | None = None,
-                 cancel: CancelFlag | None = None) -> Path:
+                 cancel: CancelFlag = None) -> Path:
     """Write the report of ``rows`` (rows of ``index`` or their files) to ``path``, atomically: the
     file is complete or not there (an earlier one stays whole when writing fails).
 
@@ -109,16 +108,13 @@ def write_report(index: Index, rows: Iterable[Row | str], path: str | os.PathLik
         raise ValueError(f"thumb_size must be an int >= 16, got {thumb_size!r}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
-    is_set = cancel.is_set if isinstance(cancel, threading.Event) else cancel
-    if is_set is not None and not callable(is_set):
-        raise TypeError(f"cancel must be a threading.Event, a callable returning bool or None, "
-                        f"got {type(cancel).__name__}")
+    stop_now = cancel_check(cancel)
     rows = [r if isinstance(r, Row) else index.row(r) for r in rows]
 
     def between_rows(done: int) -> None:
         if progress is not None:
             progress(done, len(rows))
-        if is_set is not None and is_set():
+        if stop_now():
             raise ReportCancelled(f"atlas report cancelled after {done} of {len(rows)} rows: nothing written "
                                   f"to {str(path)!r}")
 
