@@ -45,14 +45,22 @@ def cache_key(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.
 
 def cached(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Tensor,
            folder: str | os.PathLike | None = None, device=None) -> Optional[MapSet]:
-    """The cached map set for this model, layers and image, or None (a damaged file is ignored)."""
+    """The cached map set for this model, layers and image, or None (a damaged file is ignored).
+
+    Its labels and model name are ``model``'s (the key, the network's fingerprint, ignores labels: an
+    entry filled under other labels gives this model's)."""
+    from .models import as_classifier
+
     path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
     try:
         if not path.is_file():
             return None
-        return MapSet.load(path, device, model=model, current_version_only=True)
+        ms = MapSet.load(path, device, model=model, current_version_only=True)
     except (ValueError, OSError):  # unreadable, damaged, older format or another model: a miss
         return None
+    clf = as_classifier(model)
+    ms.class_names, ms.model_name = [clf.class_name(i) for i in range(ms.num_classes)], clf.name
+    return ms
 
 
 def store(ms: MapSet, model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Tensor,
@@ -133,6 +141,8 @@ def mapset_for(image, model: Optional[torch.nn.Module] = None, *, layers: Option
             ms.frame = image_frame(image)  # the photo's own (H, W): maps are drawn back onto it
             if can_write:
                 store(ms, model, layers, x, cache_dir)
+        else:  # this photo's frame, not that of the photo (resized to the same input) that filled the entry
+            ms.frame = image_frame(image)
     return ms
 
 

@@ -218,3 +218,27 @@ def test_paths_that_are_not_image_files_say_what_they_are(tmp_path):
         pe.load_image(tmp_path / "pipe.png")
     with pytest.raises(ValueError, match=r"missing\.png' does not exist"):
         pe.load_image(tmp_path / "missing.png")
+
+
+# ----- the disk cache: a hit is this request's map set, whoever filled the entry ---------------------
+def test_a_cache_hit_carries_this_models_labels_and_name(tiny_model, tmp_path):
+    import polycam_explorer as pe
+
+    photo = np.random.RandomState(0).randint(0, 256, (20, 20, 3), np.uint8)
+    relabelled = pe.Classifier(tiny_model.net, name="renamed", mean=tiny_model.mean, std=tiny_model.std,
+                               input_size=(16, 16), class_names=list("vwxyz"))  # same network, new labels
+    first = pe.mapset_for(photo, tiny_model, cache_dir=tmp_path, progress=False)
+    hit = pe.mapset_for(photo, relabelled, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.mapset.npz"))) == 1  # a hit
+    assert hit.class_names == list("vwxyz") and hit.model_name == "renamed"
+    assert hit.topk(1)[0][1] == "vwxyz"[first.topk(1)[0][0]]
+
+
+def test_a_cache_hit_carries_this_photos_frame(tiny_model, tmp_path):
+    import polycam_explorer as pe
+
+    tall, wide = np.zeros((40, 20, 3), np.uint8), np.zeros((20, 40, 3), np.uint8)  # both resize to one input
+    assert pe.mapset_for(tall, tiny_model, cache_dir=tmp_path, progress=False).frame == (40, 20)
+    assert len(list(tmp_path.glob("*.mapset.npz"))) == 1
+    assert pe.mapset_for(wide, tiny_model, cache_dir=tmp_path, progress=False).frame == (20, 40)
+    assert len(list(tmp_path.glob("*.mapset.npz"))) == 1  # a hit, not a second entry
