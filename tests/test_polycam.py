@@ -42,6 +42,26 @@ def test_percentiles_match_numpy_on_random_data():
     assert np.allclose(ours, ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["randn", "relu", "ties"])
+def test_end_percentiles_from_the_extremes_equal_a_full_sort(kind):
+    """u's 0.1th / 99.9th percentiles of large maps come from the few smallest and largest values
+    (torch.topk): bit for bit what sorting each map gives, and numpy's values."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 120, 130)
+    x = {"randn": x, "relu": x.clamp(min=0), "ties": x.round()}[kind]
+    qs = (0.001, 0.999, 0.0, 1.0)
+    flat = torch.sort(x.reshape(4, -1), dim=-1).values
+    n = flat.shape[-1]
+    expected = []
+    for q in qs:
+        lo = int(q * (n - 1) // 1)
+        hi = min(lo + 1, n - 1)
+        expected.append(flat[:, lo] + (flat[:, hi] - flat[:, lo]) * (q * (n - 1) - lo))
+    ours = P.percentiles(x, qs)
+    assert torch.equal(ours, torch.stack(expected))
+    assert np.allclose(ours.numpy(), np.percentile(x.numpy().reshape(4, -1), [0.1, 99.9, 0, 100], axis=1), atol=1e-6)
+
+
 def test_masks_are_u_then_bilinear_upsampling():
     acts = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
     masks = P.activation_masks(acts, (4, 4))
