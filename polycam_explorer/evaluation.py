@@ -40,7 +40,7 @@ from . import runs
 from .files import atomic_write
 from .layers import module_device
 from .compute import compute_mapset
-from .metrics import faithfulness_curves
+from .metrics import exact_dtype, faithfulness_curves
 from .identity import model_fingerprint
 from .images import load_image
 from .models import Classifier, find_target_layers, probabilities
@@ -343,9 +343,9 @@ def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict
     names = list(parts)
     sals = []
     for name in names:
-        sal = torch.as_tensor(maps[name], dtype=torch.float32)  # the authors' maps may be 1 x 1 x h x w
-        sals.append(F.interpolate(sal.reshape(1, 1, *sal.shape[-2:]), xs[name].shape[-2:], mode="bilinear",
-                                  align_corners=False)[0, 0])
+        sal = torch.as_tensor(maps[name])  # the authors' maps may be 1 x 1 x h x w
+        sal = sal.to(exact_dtype(sal.dtype)).reshape(1, 1, *sal.shape[-2:])  # float64 maps keep their order
+        sals.append(F.interpolate(sal, xs[name].shape[-2:], mode="bilinear", align_corners=False)[0, 0])
     results = faithfulness_curves(model, [xs[n] for n in names], sals, [classes[n] for n in names], n_steps,
                                   batch_size=batch_size, backend=backend)
     for name, result in zip(names, results):

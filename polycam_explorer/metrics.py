@@ -36,6 +36,16 @@ def blur_baseline(x: torch.Tensor) -> torch.Tensor:
     return gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])
 
 
+def exact_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 where it holds every value of ``dtype`` exactly (float16/32 maps, as the authors
+    store them; bools; 8- and 16-bit integers), else float64: a float64 map of values near 1e-50
+    or 1e300, or of integers above 2**24, keeps its order."""
+    if dtype == torch.bool:
+        return torch.float32
+    info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
+    return torch.float32 if dtype == torch.float32 or info.bits <= 16 else torch.float64
+
+
 def saliency_rank(saliency: torch.Tensor, ties: str = "authors") -> torch.Tensor:
     """Rank of every pixel (0 = most salient), ``[H*W]``; ``ties`` as in the module docstring."""
     flat = saliency.reshape(1, -1)
@@ -118,7 +128,7 @@ def faithfulness_curves(model: nn.Module, xs: Sequence[torch.Tensor], saliencies
     images = torch.cat([x.to(device, float_dtype(clf.net)) for x in xs])  # run as the model's dtype, as sweeps do
     blurred = blur_baseline(images)
     h, w = images.shape[-2:]
-    ranks = torch.stack([saliency_rank(s.to(device).float(), ties).reshape(1, h, w) for s in saliencies])
+    ranks = torch.stack([saliency_rank(s.to(device, exact_dtype(s.dtype)), ties).reshape(1, h, w) for s in saliencies])
     per_step = math.ceil(h * w / n_steps)
     first = 0 if rise else 1
     n_points = n_steps + 1 - first

@@ -242,3 +242,40 @@ def test_a_cache_hit_carries_this_photos_frame(tiny_model, tmp_path):
     assert len(list(tmp_path.glob("*.mapset.npz"))) == 1
     assert pe.mapset_for(wide, tiny_model, cache_dir=tmp_path, progress=False).frame == (20, 40)
     assert len(list(tmp_path.glob("*.mapset.npz"))) == 1  # a hit, not a second entry
+
+
+# ----- maps in float64 or wide integers keep their order -------------------------------------------
+@pytest.mark.parametrize("scale", [1e-50, 1e300])
+def test_a_float64_map_is_ranked_in_its_own_precision(tiny_model, tiny_x, scale):
+    import torch
+
+    import polycam_explorer as pe
+
+    sal = torch.rand(16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for metric in (pe.insertion, pe.deletion):  # float32 flushed 1e-50 maps to ties and 1e300 to inf
+        assert metric(tiny_model, tiny_x, sal * scale, 1, 8)[0] == pytest.approx(metric(tiny_model, tiny_x, sal, 1, 8)[0],
+                                                                                abs=1e-7)
+
+
+def test_a_map_of_large_integers_is_ranked_exactly(tiny_model, tiny_x):
+    import torch
+
+    import polycam_explorer as pe
+
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(0)).reshape(16, 16)
+    big = order.to(torch.int64) + 2 ** 40  # distinct, but equal once cast to float32
+    assert pe.insertion(tiny_model, tiny_x, big, 1, 8)[0] == pytest.approx(
+        pe.insertion(tiny_model, tiny_x, order.float(), 1, 8)[0], abs=1e-7)
+
+
+@pytest.mark.parametrize("scale", [1e-50, 1e300])
+def test_evaluate_scores_a_float64_map_file_as_its_order_says(tiny_model, tmp_path, scale):
+    images = _photos(tmp_path / "images", 0, size=16)
+    sal = np.random.RandomState(1).rand(8, 8)  # upsampled to 16 x 16 as the authors' maps are
+    results = []
+    for factor in (1.0, scale):
+        np.savez(tmp_path / "tiny_x.npz", **{"p0.png": sal * factor})
+        results.append(evaluation.evaluate(tiny_model, images, [tmp_path / "tiny_x.npz"], tmp_path / f"o{factor}",
+                                           n_steps=8, progress=False)[0])
+    for key in ("insertion", "deletion"):
+        assert results[1][key] == pytest.approx(results[0][key], abs=1e-7)
