@@ -46,7 +46,7 @@ from .images import load_image
 from .models import Classifier, find_target_layers, probabilities
 
 VARIANT_OF = {"pcamp": "+", "pcamm": "-", "pcampm": "+-"}
-META_KEY = "__polycam_explorer__"
+META_KEY = runs.META_KEY
 
 
 def method_file_name(method: str) -> str:
@@ -205,10 +205,8 @@ def _merge_maps(out: Path, stem: str, parts: dict[str, Path], meta: dict) -> Pat
             raise RuntimeError(f"no map of {name!r} for {stem}: a rank did not finish")
         arrays[name] = np.load(part, allow_pickle=False)
     arrays[META_KEY] = np.array(json.dumps(meta))
-    path = out / f"{stem}.npz"
-    with atomic_write(path) as f:
-        np.savez_compressed(f, **arrays)
-    return path
+    runs.write_npz(out / f"{stem}.npz", arrays)
+    return out / f"{stem}.npz"
 
 
 def read_maps(path: str | os.PathLike, model: Classifier | None = None) -> tuple[dict[str, np.ndarray], dict]:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from .files import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+META_KEY = "__polycam_explorer__"  # the metadata's key in a saliency npz: no image may have this name
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ def list_images(folder: str | os.PathLike, list_file: str | os.PathLike | None =
         names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not names:
         raise ValueError(f"no images in {str(folder)!r} (accepted: {sorted(IMAGE_SUFFIXES)})")
+    if META_KEY in names:
+        raise ValueError(f"an image may not be named {META_KEY!r}: that name is reserved for the metadata of "
+                         "the saliency npz files; rename it")
     return names
 
 
@@ -176,6 +181,16 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     np.save(buffer, array, allow_pickle=False)
     with atomic_write(path) as f:
         f.write(buffer.getvalue())
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A compressed npz of ``arrays`` under any names, written atomically (``np.savez_compressed``
+    takes them as keyword arguments: an image named ``file`` clashed with its own argument, one
+    named ``allow_pickle`` was silently taken as it)."""
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, array in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def progress_bar(total: int, desc: str, dist: Dist, enabled: bool):

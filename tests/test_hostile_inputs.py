@@ -279,3 +279,25 @@ def test_evaluate_scores_a_float64_map_file_as_its_order_says(tiny_model, tmp_pa
                                            n_steps=8, progress=False)[0])
     for key in ("insertion", "deletion"):
         assert results[1][key] == pytest.approx(results[0][key], abs=1e-7)
+
+
+# ----- image names that clash with the npz writer's own names ----------------------------------------
+@pytest.mark.parametrize("name", ["allow_pickle", "file"])
+def test_generate_keeps_the_map_of_an_image_named_like_a_savez_argument(tiny_model, tmp_path, name):
+    images = _photos(tmp_path / "images", 0)
+    (images / "p0.png").rename(images / name)  # a PNG without a suffix, listed by name
+    (tmp_path / "list.txt").write_text(f"{name}\n")
+    [path] = evaluation.generate(tiny_model, images, ["pcam+"], tmp_path / "out", list_file=tmp_path / "list.txt",
+                                 progress=False)
+    maps, meta = evaluation.read_maps(path)
+    assert list(maps) == [name] and maps[name].shape == (16, 16) and meta["images"] == 1
+
+
+def test_an_image_named_like_the_metadata_key_is_refused(tmp_path):
+    from polycam_explorer import runs
+
+    images = _photos(tmp_path / "images", 0)
+    (images / "p0.png").rename(images / evaluation.META_KEY)
+    (tmp_path / "list.txt").write_text(f"{evaluation.META_KEY}\n")
+    with pytest.raises(ValueError, match="__polycam_explorer__.*reserved"):
+        runs.list_images(images, tmp_path / "list.txt")
