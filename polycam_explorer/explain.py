@@ -32,7 +32,7 @@ def _class_index(model, x: torch.Tensor, spec: str | None) -> int | None:
         return None
     with torch.no_grad():
         n_classes = probabilities(model(x.to(module_device(model)))).shape[1]
-    if spec.strip().isdigit():
+    if spec.strip().isdecimal():  # what int() reads ("²" is a digit, not a decimal)
         if int(spec) >= n_classes:
             raise ValueError(f"--class {spec} is out of range: this model has {n_classes} classes, "
                              f"indices 0..{n_classes - 1} (or give a class name)")

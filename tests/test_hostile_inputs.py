@@ -301,3 +301,13 @@ def test_an_image_named_like_the_metadata_key_is_refused(tmp_path):
     (tmp_path / "list.txt").write_text(f"{evaluation.META_KEY}\n")
     with pytest.raises(ValueError, match="__polycam_explorer__.*reserved"):
         runs.list_images(images, tmp_path / "list.txt")
+
+
+# ----- explain --class -----------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["²", "¹²"])
+def test_a_class_given_as_superscript_digits_is_named_not_an_int_error(tiny_model, tiny_x, spec):
+    from polycam_explorer.explain import _class_index
+
+    with pytest.raises(ValueError, match=r"--class .* is neither a class index \(0\.\.4\) nor a class name"):
+        _class_index(tiny_model, tiny_x, spec)
+    assert _class_index(tiny_model, tiny_x, " 3 ") == 3
