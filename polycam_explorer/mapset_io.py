@@ -154,11 +154,20 @@ class Stored:
 
 
 def check_device(device) -> torch.device:
-    """``device`` as a torch.device (the CPU for None), or a ValueError saying what is accepted."""
+    """``device`` as a torch.device (the CPU for None), or a ValueError saying what is accepted: a
+    malformed name, the meta device, or one this machine does not have (checked before any reading)."""
     try:
-        return torch.device(device) if device is not None else torch.device("cpu")
+        target = torch.device(device) if device is not None else torch.device("cpu")
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}") from exc
+    if target.type == "meta":
+        raise ValueError("device 'meta' cannot hold a map set: the meta device holds no values; give 'cpu' or a GPU")
+    try:
+        torch.empty(0, device=target)
+    except (RuntimeError, AssertionError) as exc:  # no driver, no such GPU, a backend torch was built without
+        raise ValueError(f"device {str(device)!r} is not available here ({str(exc).splitlines()[0]}); give 'cpu' "
+                         f"or one of this machine's GPUs ({torch.cuda.device_count()} CUDA)") from None
+    return target
 
 
 def read_mapset(path: str | os.PathLike, *, model: nn.Module | None = None,

@@ -311,3 +311,27 @@ def test_a_class_given_as_superscript_digits_is_named_not_an_int_error(tiny_mode
     with pytest.raises(ValueError, match=r"--class .* is neither a class index \(0\.\.4\) nor a class name"):
         _class_index(tiny_model, tiny_x, spec)
     assert _class_index(tiny_model, tiny_x, " 3 ") == 3
+
+
+# ----- MapSet.load onto a device that cannot hold it ---------------------------------------------------
+@pytest.mark.parametrize("device, message", [
+    ("meta", r"meta device holds no values"),
+    ("xla", r"device 'xla' is not available here"),
+])
+def test_load_refuses_devices_that_cannot_hold_the_maps(ms, tmp_path, device, message):
+    import polycam_explorer as pe
+
+    ms.save(tmp_path / "a.mapset.npz")
+    with pytest.raises(ValueError, match=message):
+        pe.MapSet.load(tmp_path / "a.mapset.npz", device=device)
+
+
+def test_load_refuses_a_gpu_this_machine_does_not_have(ms, tmp_path):
+    import torch
+
+    import polycam_explorer as pe
+
+    ms.save(tmp_path / "a.mapset.npz")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a machine without one)
+    with pytest.raises(ValueError, match=rf"device '{missing}' is not available here"):
+        pe.MapSet.load(tmp_path / "a.mapset.npz", device=missing)
