@@ -44,6 +44,9 @@ def check_header(h: dict) -> None:
     need(len(set(layers)) == len(layers), f"header 'layers' repeats a layer: {short(layers)}")
     need(all(isinstance(p, bool) for p in h["probed"]) and len(h["probed"]) == len(layers),
           f"header 'probed' must be {len(layers)} true/false values (one per layer), got {short(h['probed'])}")
+    need(h["probed"] == sorted(h["probed"]),
+         f"header 'probed' must mark the coarsest layers (the last ones) as probed, as a sweep does "
+         f"(coarsest first), got {short(h['probed'])}")
     need(len(h["class_names"]) > 0 and all(isinstance(s, str) for s in h["class_names"]),
           f"header 'class_names' must be a non-empty list of strings, got {short(h['class_names'])}")
     for key in ("mean", "std"):

@@ -514,6 +514,8 @@ TAMPERED = {
     "probed-wrong-length": _set("probed", [True, True]),
     "probed-not-bools": _set("probed", [1, "yes", None]),
     "probed-not-a-list": _set("probed", True),
+    "probed-finest-only": _set("probed", [True, False, False]),
+    "probed-with-a-gap": _set("probed", [True, False, True]),
     "class-names-wrong-length": _set("class_names", ["a", "b"]),
     "class-names-not-strings": _set("class_names", [1, 2, 3, 4, 5]),
     "class-names-null": _set("class_names", None),
