@@ -18,6 +18,7 @@ from .models import as_classifier, probabilities
 from .probes import LayerScores, plan_layer, precision_agreement, sweep
 
 from .mapset import MapSet
+from .mapset_io import check_device
 
 
 def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
@@ -48,9 +49,12 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     cancel_check(cancel)  # a bad value is refused before any work
     net = clf.net
     model_device = module_device(net)
-    if device is not None and torch.device(device) != model_device:
-        net = copy.deepcopy(net).to(device)  # the user's model stays where it is
-    run_device = torch.device(device) if device is not None else model_device
+    if device is None and model_device.type == "meta":
+        raise ValueError(f"the model's weights are on the meta device (shapes without values): load its "
+                         f"weights first (e.g. load_state_dict(..., assign=True)); {clf.name} cannot be run")
+    run_device = check_device(device) if device is not None else model_device
+    if run_device != model_device:
+        net = copy.deepcopy(net).to(run_device)  # the user's model stays where it is
     image = x.to(run_device, torch.float32)
     x = x.to(run_device, float_dtype(net))  # the model's own precision (float64, half, ...)
     with inference_state(net):
@@ -208,6 +212,9 @@ def _check_input(x: torch.Tensor, clf) -> torch.Tensor:
         raise ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; at least 8 x 8 is needed")
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.is_meta:
+        raise ValueError("x is on the meta device: it has a shape but no values; give an image with values "
+                         "(see pe.load_image)")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or infinite values")
     return x

@@ -75,6 +75,19 @@ def test_a_cancel_flag_that_cannot_be_asked_is_refused_before_the_sweep(tiny_mod
         pe.compute_mapset(tiny_model, tiny_x, progress=False, cancel=cancel)
 
 
+def test_the_meta_device_is_refused_clearly(tiny_model, tiny_x) -> None:
+    """An image, a device or a model's weights on the meta device (shapes, no values): a
+    ValueError naming it, not 'Tensor.item() cannot be called on meta tensors' mid-way."""
+    with pytest.raises(ValueError, match="x is on the meta device"):
+        pe.compute_mapset(tiny_model, tiny_x.to("meta"), progress=False)
+    with pytest.raises(ValueError, match="device 'meta' cannot hold a map set"):
+        pe.compute_mapset(tiny_model, tiny_x, progress=False, device="meta")
+    with torch.device("meta"):
+        hollow = TinyNet()
+    with pytest.raises(ValueError, match="weights are on the meta device"):
+        pe.compute_mapset(hollow, tiny_x, progress=False)
+
+
 # ----- reading maps ---------------------------------------------------------------------------
 @pytest.mark.parametrize("class_idx", [5, -1, 1000])
 def test_class_out_of_range(tiny_ms, class_idx) -> None:
