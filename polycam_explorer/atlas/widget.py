@@ -4,6 +4,7 @@ maps of the same images side by side, sorted by how much they disagree."""
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,7 +268,7 @@ class Atlas(W.HBox):
             else:
                 named = {item.image: self.index.open_mapset(item)}
         except (ValueError, OSError) as exc:
-            self.status.value = f"<span style='color:#b00'>cannot open {item.image}: {exc}</span>"
+            self.status.value = f"<span style='color:#b00'>cannot open {html.escape(f'{item.image}: {exc}')}</span>"
             return None
         self._close_explorer()
         self.explorer = Explorer(named, model=self.model, size=self.panel_size, export_dir=self.export_dir)
@@ -277,7 +278,7 @@ class Atlas(W.HBox):
             self.explorer.state.klass = shown  # the class the tile showed
         self.opened = item
         self.explorer_box.children = (self.explorer,)
-        self.status.value = f"opened <b>{item.image}</b>"
+        self.status.value = f"opened <b>{html.escape(item.image)}</b>"
         self.draw()  # its tile framed
         return self.explorer
 
