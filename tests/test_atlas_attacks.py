@@ -50,3 +50,20 @@ def test_image_names_in_the_status_line_are_text_not_html(folder, tmp_path):
         assert "<img" not in atlas.status.value and "&lt;img src=x onerror=alert(1)&gt;" in atlas.status.value
     finally:
         atlas.close()
+
+
+def test_a_mapset_replaced_since_indexing_is_said_in_the_status(folder, tmp_path):
+    atlas = Atlas(folder, page_size=4, export_dir=tmp_path / "exports")
+    try:
+        item = _item(atlas, "plain")
+        shutil.copy(folder / _item(atlas, "other").file, folder / item.file)  # another image's map set
+        with pytest.warns(RuntimeWarning, match="changed since it was indexed"):
+            explorer = atlas.explore(item)
+        assert explorer is not None  # it opens (the file is a valid map set) ...
+        # ... and the page says that its tile (drawn from the index) may not be what is opened
+        assert "changed since it was indexed" in atlas.status.value
+        assert "build_index" in atlas.status.value or "polycam-explorer index" in atlas.status.value
+        atlas.explore(_item(atlas, "other"))  # an unchanged one: no warning left on the line
+        assert "changed" not in atlas.status.value
+    finally:
+        atlas.close()
