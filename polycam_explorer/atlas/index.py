@@ -263,19 +263,27 @@ class Index:
     def open_mapset(self, row: Row | str, device=None) -> MapSet:
         """Load the row's map set (the only place the atlas reads one after indexing).
 
-        Warns when the file changed since it was indexed (refresh the index).
+        Warns when the file changed since it was indexed (:meth:`changed`).
         """
+        changed = self.changed(row)
+        if changed is not None:
+            warnings.warn(changed, RuntimeWarning, stacklevel=2)
+        return MapSet.load(self.folder / _file(row), device)
+
+    def changed(self, row: Row | str) -> str | None:
+        """Why the row's file is no longer the one indexed (its size or modification time
+        differ), or None: unchanged, or gone (loading it says so)."""
         file = _file(row)
         path = self.folder / file
         indexed = self.row(file)
         try:
             st = path.stat()
-            if (st.st_size, st.st_mtime_ns) != (indexed.size, indexed.mtime_ns):
-                warnings.warn(f"{str(path)!r} changed since it was indexed: its row may be stale (refresh the "
-                              "index with pe.atlas.build_index)", RuntimeWarning, stacklevel=2)
         except OSError:
-            pass  # MapSet.load says the file is gone
-        return MapSet.load(path, device)
+            return None
+        if (st.st_size, st.st_mtime_ns) == (indexed.size, indexed.mtime_ns):
+            return None
+        return (f"{str(path)!r} changed since it was indexed: its row may be stale (refresh the index with "
+                "pe.atlas.build_index)")
 
     # ----- summaries -------------------------------------------------------------------------
     def models(self) -> list[tuple[str, str, int]]:

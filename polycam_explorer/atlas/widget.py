@@ -261,6 +261,8 @@ class Atlas(W.HBox):
         """Open an item (a row, a pair, or a tile's place on the page) in a new explorer beside the
         grid, closing the previous one. Errors (a map set gone since indexing) go to the status line."""
         item = self.items[item] if isinstance(item, int) else item
+        sides = [(self.index, item.a), (self.other, item.b)] if isinstance(item, Pair) else [(self.index, item)]
+        changed = [text for index, row in sides if (text := index.changed(row)) is not None]
         try:
             if isinstance(item, Pair):
                 named = {f"{item.image} (A: {item.a.model_name})": self.index.open_mapset(item.a),
@@ -278,7 +280,9 @@ class Atlas(W.HBox):
             self.explorer.state.klass = shown  # the class the tile showed
         self.opened = item
         self.explorer_box.children = (self.explorer,)
-        self.status.value = f"opened <b>{html.escape(item.image)}</b>"
+        self.status.value = f"opened <b>{html.escape(item.image)}</b>" + "".join(
+            f"<br><span style='color:#b00'>{html.escape(text)}: its tile may show the indexed map, not this "
+            "one</span>" for text in changed)
         self.draw()  # its tile framed
         return self.explorer
 
