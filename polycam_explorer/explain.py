@@ -73,6 +73,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     device = module_device(model)
     c = _class_index(model, x, class_spec)
     stem = Path(image).stem
+    image_sha256 = _check_not_another_image(out_dir, stem, image)
     original = render.image_uint8(load_image(image, size=0), (0.5,) * 3, (0.5,) * 3)  # the photo, as read
     frame = render.fitted_size(original.shape[:2], min(OVERLAY_MAX, max(original.shape[:2])))
     picture = render.fit_picture(original, frame)
@@ -106,7 +107,7 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     render.save_png(summary, out_dir / f"{stem}_summary.png")
     if save_mapset:
         ms.save(out_dir / f"{stem}.mapset.npz", fp16=True)
-    report = {"image": image, "model": ms.model_name, "layers": ms.layers, "explained_class": c,
+    report = {"image": image, "image_sha256": image_sha256, "model": ms.model_name, "layers": ms.layers, "explained_class": c,
               "explained_name": ms.class_names[c], "frame": list(original.shape[:2]), "overlay_size": list(frame),
               "top5": [{"index": i, "name": n, "probability": p} for i, n, p in ms.topk(5)],
               "forward_passes": ms.stats.get("forward_passes"), "naive_passes": ms.stats.get("naive_passes"),
@@ -114,6 +115,29 @@ def explain(image: str, out: str, *, class_spec: str | None = None, variants: Se
     with atomic_write(out_dir / f"{stem}_explain.json") as f:
         f.write(json.dumps(report, indent=2).encode())
     return report
+
+
+def _check_not_another_image(out_dir: Path, stem: str, image: str) -> str:
+    """The SHA-256 of ``image``'s bytes, after checking that ``out_dir`` holds no explanation of
+    another image of the same stem (``scans/a/xray.png`` and ``scans/b/xray.png`` both write
+    ``xray_*``): explaining it there would overwrite that image's files.
+
+    Raises:
+        ValueError: naming both images and what to do.
+    """
+    from .runs import digest
+
+    sha = digest(Path(image).read_bytes())
+    try:
+        previous = json.loads((out_dir / f"{stem}_explain.json").read_text())
+    except (OSError, ValueError):  # none there (or unreadable: nothing to keep)
+        return sha
+    recorded = previous.get("image_sha256") if isinstance(previous, dict) else None
+    if recorded is not None and recorded != sha:
+        raise ValueError(f"{str(out_dir)!r} already holds the explanation of another image named {stem!r} "
+                         f"({previous.get('image')!r}); explaining {image!r} there would overwrite its "
+                         f"{stem}_* files: give another --out")
+    return sha
 
 
 PREVIEW_EVERY_S = 1.0  # how often the preview file is rewritten while estimates come in

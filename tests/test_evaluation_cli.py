@@ -449,3 +449,18 @@ def test_generate_keeps_the_atlas_index_of_its_map_sets_current(tmp_path):
         assert sorted(r.image for r in index.query()) == ["a.png", "b.png", "c.png"]
     finally:
         index.close()
+
+
+def test_explain_keeps_another_images_explanation_of_the_same_stem(tmp_path, capsys, tiny_cli):
+    """scans/a/xray.png and scans/b/xray.png both write xray_*: the second is refused, naming both,
+    and the first image's files stay as they were; explaining the first again is fine."""
+    first = _pictures(tmp_path / "scans" / "a", ["xray.png"], seed=1) / "xray.png"
+    second = _pictures(tmp_path / "scans" / "b", ["xray.png"], seed=2) / "xray.png"
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(first), "--out", str(out), "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["explain", str(second), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds the explanation of another image named 'xray'" in err and str(first) in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli.main(["explain", str(first), "--out", str(out), "--no-progress"]) == 0
