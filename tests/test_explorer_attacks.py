@@ -1,0 +1,91 @@
+"""The explorer under a hostile user: exports of images with very long names or into a folder
+that is a file, uploads under a name already taken. Each must work or say what is wrong, and no
+earlier work may be lost."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import polycam_explorer as pe
+
+SIZE = 64
+LONG = "文" * 120  # 360 bytes of UTF-8 (a file name may hold 255): a name the picker takes
+
+
+def errors(explorer) -> str:
+    return explorer.status.value if "color:#b00020" in explorer.status.value else ""
+
+
+def _png(seed: int, shape=(16, 16, 3)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", [LONG, "x" * 250, "photo " * 40])
+def test_exports_of_an_image_with_a_very_long_name_are_written(ms, tmp_path, name):
+    explorer = pe.Explorer({name: ms}, size=SIZE, export_dir=tmp_path / "exports")
+    try:
+        written = [explorer.export_png(), explorer.export_maps(), explorer.export.figure("svg"),
+                   explorer.export.figure("png", 150)]
+        assert not errors(explorer), errors(explorer)
+        assert all(path is not None and path.is_file() for path in written)
+        assert all(len(path.name.encode()) <= 160 for path in written)  # room for a temporary file's extras
+        assert len({path.name for path in written}) == 4
+        again = explorer.export_png()  # never overwrites: a new number
+        assert again is not None and again != written[0] and written[0].is_file()
+    finally:
+        explorer.close()
+
+
+def test_an_export_folder_that_is_a_file_is_named_as_such(ms, tmp_path):
+    not_a_folder = tmp_path / "exports"
+    not_a_folder.write_text("a file where the export folder should be")
+    explorer = pe.Explorer(ms, size=SIZE, export_dir=not_a_folder)
+    try:
+        for export in (explorer.export_png, explorer.export_maps):
+            assert export() is None
+            message = errors(explorer)
+            assert str(not_a_folder) in message and "is a file, not a folder" in message, message
+        explorer.export._guarded(lambda: explorer.export.figure("pdf"))
+        assert "is a file, not a folder" in errors(explorer)
+        assert not_a_folder.read_text() == "a file where the export folder should be"
+        inside = tmp_path / "a file" / "exports"  # a file on the way to it
+        (tmp_path / "a file").write_text("")
+        other = pe.Explorer(ms, size=SIZE, export_dir=inside)
+        try:
+            assert other.export_png() is None
+            assert str(tmp_path / "a file") in errors(other) and "is a file, not a folder" in errors(other)
+        finally:
+            other.close()
+    finally:
+        explorer.close()
+
+
+def _upload(explorer, name: str, content: bytes) -> None:
+    explorer._on_upload({"new": [{"name": name, "content": memoryview(content)}]})
+
+
+def test_a_second_upload_under_a_taken_name_keeps_the_first(tiny_model, tmp_path):
+    ex = pe.explore({"photo": np.zeros((16, 16, 3), np.uint8)}, model=tiny_model, cache_dir=tmp_path / "cache",
+                    wait=True, panel_size=SIZE)
+    try:
+        first = ex.mapsets["photo"]
+        _upload(ex, "photo.png", _png(1))  # another picture under the name of one shown
+        _upload(ex, "IMG_0001.jpg", _png(2))
+        _upload(ex, "IMG_0001.png", _png(3))  # uploaded while the first IMG_0001 may still be swept
+        ex.runner.wait(60)
+        assert not errors(ex), errors(ex)
+        assert ex.store.names() == ["photo", "photo (2)", "IMG_0001", "IMG_0001 (2)"]
+        assert ex.mapsets["photo"] is first  # not replaced
+        for name, seed in (("photo (2)", 1), ("IMG_0001", 2), ("IMG_0001 (2)", 3)):
+            expected = pe.load_image(Image.open(io.BytesIO(_png(seed))), tiny_model)
+            assert torch.equal(ex.mapsets[name].image, expected), name
+        assert ex.state.image == "IMG_0001 (2)"  # the last upload is shown
+    finally:
+        ex.close()
