@@ -142,9 +142,14 @@ def _index(args: argparse.Namespace) -> None:
         for model_id, name, count in index.models():
             print(f"  model {name} ({model_id}): {count} map sets")
         if args.report:
+            from tqdm.auto import tqdm
+
             from .atlas.report import write_report
 
-            print(f"report: {write_report(index, index.rows(), args.report)}")
+            rows = index.rows()
+            with tqdm(total=len(rows), desc="atlas report", unit="image", disable=args.no_progress) as bar:
+                path = write_report(index, rows, args.report, progress=lambda done, _total: bar.update(done - bar.n))
+            print(f"report: {path}")
 
 
 def _layer_rule_argument(p: argparse.ArgumentParser) -> None:

@@ -214,6 +214,9 @@ def test_index_command_writes_the_report(folder, tmp_path, capsys):
     assert main(["index", str(copy), "--no-progress", "--report", str(report)]) == 0
     assert str(report) in capsys.readouterr().out
     assert set(Page(report.read_text()).rows) == {"img2.mapset.npz", "img4.mapset.npz"}
+    assert main(["index", str(copy), "--report", str(report)]) == 0  # with progress: a bar of the rows
+    err = capsys.readouterr().err
+    assert "atlas report: 100%" in err and "2/2" in err
 
 
 def test_progress_sees_every_row_and_the_total(index, tmp_path):
