@@ -32,6 +32,7 @@ DOWNLOAD_LIMIT = 32 * 2 ** 20  # bytes: larger files are not sent to the page (p
 FORMAT_OPTIONS = [("PNG", "png"), ("SVG (vector)", "svg"), ("PDF (vector)", "pdf")]
 DPI_OPTIONS = [("screen pixels", 0), ("150 dpi", 150), ("300 dpi", 300), ("600 dpi", 600)]
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".pdf": "application/pdf", ".npz": "application/zip"}
+NAME_BYTES = 96  # UTF-8 bytes of the image's name kept in an export's file name (a file name holds 255)
 BUTTON_STYLE = ("display:inline-block;padding:3px 12px;margin-left:6px;border-radius:3px;background:#1976d2;"
                 "color:white;text-decoration:none;font-weight:600")
 
@@ -107,6 +108,7 @@ class ExportView:
         panel = panels_for(self.state, ms)[0]
         variant = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}[panel.variant]
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.state.image)
+        safe = safe.encode()[:NAME_BYTES].decode(errors="ignore")  # whole characters only
         return f"{safe}_class{panel.class_idx}_{variant}_depth{panel.depth}"
 
     def tiles(self) -> list[np.ndarray]:
