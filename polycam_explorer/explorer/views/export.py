@@ -43,6 +43,23 @@ def default_export_dir() -> Path:
     return Path(os.environ.get(EXPORT_DIR_ENV) or "polycam_exports").expanduser().resolve()
 
 
+def export_folder(folder: Path) -> Path:
+    """``folder``, made if missing, to write exports into.
+
+    Raises:
+        ValueError: it, or a folder on the way to it, is a file; or it cannot be made (saying why).
+    """
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"cannot export to {str(folder)!r}: {str(existing)!r} is a file, not a folder; give "
+                         f"export_dir (or ${EXPORT_DIR_ENV}) a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot make the export folder {str(folder)!r}: {exc.strerror or exc}") from exc
+    return folder
+
+
 def unique_path(folder: Path, stem: str, suffix: str) -> Path:
     """``folder/stem_N.suffix`` with N one more than any export of that stem already there."""
     taken = [int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*{suffix}")
@@ -168,7 +185,7 @@ class ExportView:
         scale = frames.print_scale(self.state.mode, self.state.cmap, (ms.class_names[a], ms.class_names[b]))
         fig = figure.figure(self.print_tiles(), self.captions(), scale)
         stem = self._stem() + (f"_{dpi}dpi" if fmt == "png" else "")
-        path = unique_path(self.export_dir, stem, f".{fmt}")
+        path = unique_path(export_folder(self.export_dir), stem, f".{fmt}")
         figure.save(fig, path, fmt, dpi=dpi)
         self.link.value = download_link(path)
         return path
@@ -189,7 +206,7 @@ class ExportView:
         scale = frames.scale_pixels(self.state.mode, self.state.cmap, max(12, shown[0].shape[0]))
         if scale is not None:
             pixels = render.beside(pixels, scale)
-        path = unique_path(self.export_dir, self._stem(), ".png")
+        path = unique_path(export_folder(self.export_dir), self._stem(), ".png")
         render.save_png(pixels, path)
         self.link.value = download_link(path)
         return path
@@ -210,7 +227,7 @@ class ExportView:
         arrays["image"] = np.array(name)
         arrays["frame_size"] = np.array(self.store.frame_size(name))  # the photo's (H, W): maps resize onto it
         arrays["class_names"] = np.array([ms.class_names[p.class_idx] for p in panels])
-        path = unique_path(self.export_dir, self._stem(), ".maps.npz")
+        path = unique_path(export_folder(self.export_dir), self._stem(), ".maps.npz")
         with atomic_write(path) as f:
             np.savez_compressed(f, **arrays)
         self.link.value = download_link(path)
