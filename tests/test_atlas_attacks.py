@@ -67,3 +67,14 @@ def test_a_mapset_replaced_since_indexing_is_said_in_the_status(folder, tmp_path
         assert "changed" not in atlas.status.value
     finally:
         atlas.close()
+
+
+def test_a_report_folder_that_is_a_file_is_named_as_such(folder, tmp_path):
+    not_a_folder = tmp_path / "exports"
+    not_a_folder.write_text("")
+    atlas = Atlas(folder, page_size=4, export_dir=not_a_folder)
+    try:
+        assert atlas.export_report(block=True) is None
+        assert "report not written" in atlas.status.value and "is a file, not a folder" in atlas.status.value
+    finally:
+        atlas.close()
