@@ -13,7 +13,7 @@ import ipywidgets as W
 import traitlets as T
 
 from ..explorer.jobs import Cancelled, Job, one_torch_thread
-from ..explorer.views.export import download_link, unique_path
+from ..explorer.views.export import download_link, export_folder, unique_path
 from .index import Index, Row
 from .report import ReportCancelled, write_report
 
@@ -70,9 +70,8 @@ class ReportPanel(W.HBox):
     def _write(self, index: Index, rows: list[Row], variant: str) -> None:
         """The worker: writes the report and records the outcome (path, status line)."""
         try:
-            self.export_dir.mkdir(parents=True, exist_ok=True)
             with one_torch_thread():  # one map per row: leave the other core to the grid
-                path = write_report(index, rows, unique_path(self.export_dir, "atlas_report", ".html"),
+                path = write_report(index, rows, unique_path(export_folder(self.export_dir), "atlas_report", ".html"),
                                     variant=variant, progress=self.job.report, cancel=self.job.stop)
         except (ReportCancelled, Cancelled):
             self._outcome = (f"report cancelled after {self.job.done} of {len(rows)} images: "
