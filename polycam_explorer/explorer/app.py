@@ -21,7 +21,7 @@ from .jobs import Jobs
 from .panels import checked_pins, look, main_panel, panels_for, preset
 from .state import ViewState
 from .store import Event, MapSets, Store, named_mapsets
-from .uploads import upload_to_image
+from .uploads import free_name, upload_to_image
 from .views.baselines import BaselinesView
 from .views.export import ExportView
 from .views.faithfulness import FaithfulnessView
@@ -251,7 +251,8 @@ class Explorer(W.VBox):
         try:
             if change["new"] and self.jobs.runner is not None:
                 name, image = upload_to_image(change["new"])
-                self.jobs.runner.submit(name, image, show=True)
+                taken = {*self.store.names(), *self.jobs.runner.names()}
+                self.jobs.runner.submit(free_name(name, taken), image, show=True)
         except Exception as exc:  # noqa: BLE001 - shown in the status line
             self.show_error(exc)
 

@@ -20,7 +20,7 @@ from ..models import as_classifier, load_model
 from ..scheduler import Priority
 from .app import Explorer
 from .store import Store
-from .uploads import upload_to_image
+from .uploads import free_name, upload_to_image
 
 __all__ = ["SweepRunner", "explore", "upload_to_image"]
 
@@ -37,7 +37,7 @@ def _named_images(images: Images) -> dict[str, ImageLike]:
     named = {}
     for i, image in enumerate(images):
         name = Path(image).stem if isinstance(image, (str, os.PathLike)) else f"image {i + 1}"
-        named[name if name not in named else f"{name} ({i + 1})"] = image
+        named[free_name(name, named)] = image
     return named
 
 
@@ -75,6 +75,11 @@ class SweepRunner:
     def _threads(self) -> list[threading.Thread]:
         return [t for t in (self.thread, *self.now) if t is not None]
 
+    def names(self) -> list[str]:
+        """The images queued or being swept (not yet, or not completely, in the store)."""
+        with self._lock:
+            return [item[0] for item in self.queue] + sorted(self.sweeping)
+
     def cancel(self) -> None:
         """Stop the running sweeps and drop the queued images."""
         with self._lock:
@@ -102,7 +107,9 @@ class SweepRunner:
             at = next((i for i, item in enumerate(self.queue) if item[0] == name), None)
             if at is None or not self.sweeping:  # not queued, or the worker takes it next anyway
                 return
-            thread = threading.Thread(target=self._sweep, args=self.queue.pop(at), daemon=True)
+            item = self.queue.pop(at)
+            self.sweeping.add(name)  # from here on, not from when the thread starts: names() sees it
+            thread = threading.Thread(target=self._sweep, args=item, daemon=True)
             self.now = [t for t in self.now if t.is_alive()] + [thread]
             thread.start()
 
@@ -122,11 +129,11 @@ class SweepRunner:
                     self.thread = None
                     return
                 item = self.queue.pop(self._next_index())
+                self.sweeping.add(item[0])
             self._sweep(*item)
 
     def _sweep(self, name: str, image: ImageLike, show: bool) -> None:
-        with self._lock:
-            self.sweeping.add(name)
+        """Sweep an image taken from the queue (and put in ``sweeping`` by whoever took it)."""
         try:
             self._run(name, image, show)
         except Exception as exc:  # noqa: BLE001 - shown in the widget

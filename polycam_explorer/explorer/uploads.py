@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 from PIL import Image
 
@@ -20,3 +21,14 @@ def upload_to_image(value) -> tuple[str, Image.Image]:
     item = value[0]
     name = str(item.get("name") or "upload")
     return Path(name).stem, open_image(bytes(item["content"]), name=name)
+
+
+def free_name(name: str, taken: Collection[str]) -> str:
+    """``name``, or ``"name (2)"``, ``"name (3)"``... the first not in ``taken`` (two photos called
+    IMG_0001.jpg are two images, not one replacing the other)."""
+    k = 1
+    free = name
+    while free in taken:
+        k += 1
+        free = f"{name} ({k})"
+    return free
