@@ -21,7 +21,9 @@ network's logits (float32), computed one of these ways:
   and models that are not float32 run eager: there is nothing to win there.
 
 Exactness: every fp32 runner gives logits equal to eager's up to float rounding (maps at Pearson
-r >= 0.9999, tests/test_backends.py). ``precision="bf16"`` (or ``"fp16"`` on CUDA; opt-in,
+r >= 0.9999, tests/test_backends.py), and each is checked against the model itself when it is
+built (:func:`check_agrees`): one that disagrees is refused when asked for by name, and ``auto``
+falls back to an exact path with a :class:`BackendFallbackWarning`. ``precision="bf16"`` (or ``"fp16"`` on CUDA; opt-in,
 channels_last/compile under autocast) is faster and less exact; the sweep measures its agreement on the image and
 warns (:class:`PrecisionWarning`) below :data:`MIN_BF16_AGREEMENT` (see :func:`bf16_agreement`).
 The user's model is never modified: every runner but eager works on a copy.
@@ -55,6 +57,15 @@ class PrecisionWarning(RuntimeWarning):
 
 class BackendFallbackWarning(RuntimeWarning):
     """``backend="auto"`` could not use its first choice and fell back to a slower exact path."""
+
+
+class BackendMismatch(ValueError):
+    """A fast fp32 path gave other outputs than the model itself on the image (see :func:`check_agrees`)."""
+
+
+# how far a fast fp32 path's probabilities may lie from the model's own on probe-like inputs: float
+# rounding on a CPU; TF32 convolutions (PyTorch's default on a GPU) round at about 1e-3 of the logits
+AGREEMENT_TOLERANCE = {"cpu": 1e-4, "cuda": 1e-2}
 
 
 def installed() -> list[str]:
@@ -123,6 +134,7 @@ def runner_for(net: nn.Module, x: torch.Tensor, *, backend: str = "auto", precis
     that would not pay. Raises ValueError as :func:`check_backend`.
     """
     backend, precision = check_backend(backend, precision)
+    requested = backend
     device = x.device
     dtype = next((p.dtype for p in net.parameters()), torch.float32)
     if backend == "eager" or (backend == "auto" and dtype != torch.float32):
@@ -142,22 +154,29 @@ def runner_for(net: nn.Module, x: torch.Tensor, *, backend: str = "auto", precis
                 not small or _export_cached(fingerprint, x)):
             backend = "auto-onnxruntime"
     shape = tuple(x.shape[1:])
-    key = (fingerprint, backend, precision, str(device), shape, batch_size if backend == "compile" else 0,
-           torch.get_num_threads())
+    key = (fingerprint, requested, backend, precision, str(device), shape,
+           batch_size if backend == "compile" else 0, torch.get_num_threads())
     if fingerprint is not None:
         with _CACHE_LOCK:
             if key in _CACHE:
                 _CACHE.move_to_end(key)
                 return _CACHE[key]
     start = time.perf_counter()
-    if backend == "auto-onnxruntime":
-        runner = _auto_onnx(net, x, fingerprint, batch_size)
-    elif backend == "onnxruntime":
-        runner = _onnx_runner(net, x, fingerprint)
-    elif backend == "compile":
-        runner = _compiled(net, x, precision, batch_size)
-    else:
-        runner = _channels_last(net, precision)
+    try:
+        if backend == "auto-onnxruntime":
+            runner = _auto_onnx(net, x, fingerprint, batch_size)
+        elif backend == "onnxruntime":
+            runner = _checked(_onnx_runner(net, x, fingerprint), net, x)
+        elif backend == "compile":
+            runner = _checked(_compiled(net, x, precision, batch_size), net, x)
+        else:
+            runner = _checked(_channels_last(net, precision), net, x)
+    except BackendMismatch as exc:
+        if requested != "auto":
+            raise
+        warnings.warn(f"backend='auto': {exc}; using eager", BackendFallbackWarning, stacklevel=3)
+        runner = _eager(net, dtype)
+        runner.note = "fast paths disagreed with the model"
     runner.setup_s = time.perf_counter() - start
     if fingerprint is not None:
         with _CACHE_LOCK:
@@ -291,13 +310,14 @@ def _onnx_runner(net: nn.Module, x: torch.Tensor, fingerprint: str | None) -> Ru
 
 
 def _auto_onnx(net: nn.Module, x: torch.Tensor, fingerprint: str | None, batch_size: int) -> Runner:
-    """ONNX Runtime if it exports and one timed batch is faster than channels_last; else channels_last."""
-    fallback = _channels_last(net, "fp32")
+    """ONNX Runtime if it exports, agrees with the model and one timed batch is faster than
+    channels_last; else channels_last."""
+    fallback = _checked(_channels_last(net, "fp32"), net, x)
     try:
-        onnx = _onnx_runner(net, x, fingerprint)
+        onnx = _checked(_onnx_runner(net, x, fingerprint), net, x)
     except Exception as exc:  # noqa: BLE001 - any export failure means: use the exact torch path
-        warnings.warn(f"backend='auto': the model could not be exported for ONNX Runtime "
-                      f"({type(exc).__name__}: {str(exc)[:200]}); using channels_last",
+        warnings.warn(f"backend='auto': ONNX Runtime cannot run this model as PyTorch does "
+                      f"({type(exc).__name__}: {str(exc)[:300]}); using channels_last",
                       BackendFallbackWarning, stacklevel=4)
         fallback.note = "onnx export failed"
         return fallback
@@ -313,6 +333,38 @@ def _auto_onnx(net: nn.Module, x: torch.Tensor, fingerprint: str | None, batch_s
     chosen.note = (f"auto: onnxruntime {1000 * best['onnxruntime'] / batch_size:.1f} ms/img, channels_last "
                    f"{1000 * best['channels_last'] / batch_size:.1f} ms/img")
     return chosen
+
+
+def check_agrees(run: Callable[[torch.Tensor], torch.Tensor], net: nn.Module, x: torch.Tensor,
+                 name: str) -> None:
+    """A fast fp32 path against the model itself, once when it is built: the probabilities of four
+    probe-like inputs (the image under fixed random masks) must agree within
+    :data:`AGREEMENT_TOLERANCE`. Catches a graph that exported or compiled silently wrong, and a
+    model whose code assumes the NCHW memory layout (a custom kernel reading raw strides).
+
+    Raises:
+        BackendMismatch: naming the path and the difference.
+    """
+    from .model_state import inference_state
+    from .models import probabilities
+
+    masks = torch.rand(4, 1, *x.shape[-2:], generator=torch.Generator().manual_seed(0))
+    batch = x[:1].float() * masks.to(x.device)
+    with inference_state(net), torch.inference_mode():  # the model as the sweep runs it (eval), left as it was
+        expected = probabilities(net(batch))
+        got = probabilities(run(batch))
+    difference = float((got.to(expected.device) - expected).abs().max())
+    tolerance = AGREEMENT_TOLERANCE.get(x.device.type, AGREEMENT_TOLERANCE["cuda"])
+    if not difference <= tolerance:  # NaN fails too
+        raise BackendMismatch(f"the {name} path gives probabilities up to {difference:.3g} away from the model's "
+                              f"own on this image (accepted: {tolerance:g}); use backend='eager'")
+
+
+def _checked(runner: Runner, net: nn.Module, x: torch.Tensor) -> Runner:
+    """``runner`` after :func:`check_agrees` (fp32 runners; reduced precision measures its own agreement)."""
+    if runner.precision == "fp32":
+        check_agrees(runner, net, x, runner.name)
+    return runner
 
 
 # ----- agreement of a reduced-precision sweep -----------------------------------------------

@@ -172,3 +172,52 @@ def test_faithfulness_forward_batches_on_a_backend(resnet, backend):
         assert float(abs(got[kind][1] - want[kind][1]).max()) < 1e-5
     with pytest.raises(ValueError, match="backend must be one of"):
         faithfulness_curves(net, [x], [sal], [3], 16, backend="fast")
+
+
+class NCHWOnly(torch.nn.Module):
+    """A forward that reads its input's raw memory as NCHW (as a custom kernel might): right on
+    the contiguous tensors eager gives it, silently wrong on channels_last ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        raw = torch.as_strided(x, (n, c, h, w), (c * h * w, h * w, w, 1))
+        return self.head(self.conv(raw).mean((2, 3)))
+
+
+def test_a_fast_path_that_disagrees_with_the_model_is_refused_or_left():
+    """Every fast fp32 path is checked against the model itself when built: asked for by name it
+    is refused, naming the difference; auto falls back to eager, with a warning."""
+    net, x = NCHWOnly().eval(), torch.rand(1, 3, 24, 24)
+    with pytest.raises(backends.BackendMismatch, match="channels_last path gives probabilities up to"):
+        pe.compute_mapset(net, x, ["conv"], batch_size=8, progress=False, backend="channels_last")
+    eager = pe.compute_mapset(net, x, ["conv"], batch_size=8, progress=False, backend="eager")
+    with pytest.warns(backends.BackendFallbackWarning, match="channels_last path gives probabilities"):
+        runner = backends.runner_for(net, x, backend="auto", fingerprint=pe.model_fingerprint(net))
+    assert runner.name == "eager"
+    assert eager.stats["backend"] == "eager"
+    batch = x * torch.rand(3, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(runner(batch), net(batch))
+
+
+def test_an_exported_graph_that_disagrees_with_the_model_is_not_used(resnet, eager_mapset, monkeypatch):
+    """A graph that exported silently wrong (here: another network's) is caught before use."""
+    if "onnxruntime" not in backends.installed():
+        pytest.skip("onnxruntime is not installed")
+    net, x = resnet
+    torch.manual_seed(1)
+    other = torchvision.models.resnet18(num_classes=10).eval()
+    plain = backends._export
+    monkeypatch.setattr(backends, "_export", lambda n, x_, fingerprint: plain(other, x_, None))
+    with pytest.raises(backends.BackendMismatch, match="onnxruntime path gives probabilities"):
+        pe.compute_mapset(net, x, batch_size=16, progress=False, backend="onnxruntime")
+    with pytest.warns(backends.BackendFallbackWarning, match="onnxruntime path gives probabilities"):
+        ms = pe.compute_mapset(net, x, batch_size=16, progress=False)
+    assert ms.stats["backend"] == "channels_last"
+    assert min_agreement(eager_mapset, ms) >= R_MIN
