@@ -42,19 +42,8 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
     backend, precision = backends.check_backend(backend, precision)
     clf = as_classifier(model)
     x = _check_input(x, clf)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(progressive, bool):
-        raise TypeError(f"progressive must be True or False, got {progressive!r}")
-    cancel_check(cancel)  # a bad value is refused before any work
-    net = clf.net
-    model_device = module_device(net)
-    if device is None and model_device.type == "meta":
-        raise ValueError(f"the model's weights are on the meta device (shapes without values): load its "
-                         f"weights first (e.g. load_state_dict(..., assign=True)); {clf.name} cannot be run")
-    run_device = check_device(device) if device is not None else model_device
-    if run_device != model_device:
-        net = copy.deepcopy(net).to(run_device)  # the user's model stays where it is
+    _check_options(batch_size, progressive, cancel)
+    net, run_device = _network_on(clf, device)
     image = x.to(run_device, torch.float32)
     x = x.to(run_device, float_dtype(net))  # the model's own precision (float64, half, ...)
     with inference_state(net):
@@ -119,6 +108,30 @@ def iter_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None 
             yield ms
     finally:
         steps.close()
+
+
+def _check_options(batch_size: object, progressive: object, cancel: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(progressive, bool):
+        raise TypeError(f"progressive must be True or False, got {progressive!r}")
+    cancel_check(cancel)  # a bad value is refused before any work
+
+
+def _network_on(clf, device: torch.device | str | None) -> tuple[nn.Module, torch.device]:
+    """The network to sweep and where: the user's own on its device, or a copy on ``device``
+    (the user's model stays where it is).
+
+    Raises:
+        ValueError: weights on the meta device, or a device that cannot hold a map set.
+    """
+    model_device = module_device(clf.net)
+    if device is None and model_device.type == "meta":
+        raise ValueError(f"the model's weights are on the meta device (shapes without values): load its "
+                         f"weights first (e.g. load_state_dict(..., assign=True)); {clf.name} cannot be run")
+    run_device = check_device(device) if device is not None else model_device
+    return (clf.net if run_device == model_device else copy.deepcopy(clf.net).to(run_device)), run_device
+
 
 def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None, *,
                    batch_size: int = 64, device: torch.device | str | None = None,
