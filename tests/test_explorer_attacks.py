@@ -4,6 +4,8 @@ earlier work may be lost."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -87,4 +89,34 @@ def test_a_second_upload_under_a_taken_name_keeps_the_first(tiny_model, tmp_path
             expected = pe.load_image(Image.open(io.BytesIO(_png(seed))), tiny_model)
             assert torch.equal(ex.mapsets[name].image, expected), name
     finally:
+        ex.close()
+
+
+def test_the_last_upload_stays_on_screen_when_an_earlier_one_finishes_later(tiny_model, tmp_path, monkeypatch):
+    from polycam_explorer.explorer import explore as explore_module
+
+    ex = pe.explore({"photo": np.zeros((16, 16, 3), np.uint8)}, model=tiny_model, cache_dir=tmp_path / "cache",
+                    wait=True, panel_size=SIZE)
+    release, real = threading.Event(), explore_module.load_image
+
+    def slow_first(image, *args, **kwargs):  # the first upload (20 x 20) is a large photo, say
+        if getattr(image, "size", None) == (20, 20):
+            release.wait(30)
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(explore_module, "load_image", slow_first)
+    try:
+        _upload(ex, "big.png", _png(1, (20, 20, 3)))
+        _upload(ex, "small.png", _png(2))  # asked for after it: this is what the user wants to see
+        deadline = time.monotonic() + 30
+        while ex.state.image != "small" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ex.state.image == "small"
+        release.set()
+        ex.runner.wait(60)
+        assert not errors(ex), errors(ex)
+        assert "big" in ex.store.names() and ex.mapsets["big"].complete  # explained, in the picker
+        assert ex.state.image == "small"  # not moved away from what the user asked for last
+    finally:
+        release.set()
         ex.close()
