@@ -151,9 +151,11 @@ class SweepRunner:
         return self.wanted or self.on_screen()
 
     def _next_index(self) -> int:
-        """The image on screen first (the user switched to it while it was queued), else in order."""
+        """The image looked at first (the upload asked for last, or the one on screen), then the
+        uploads, then in order."""
         current = self._focus()
-        return next((i for i, item in enumerate(self.queue) if item[0] == current or item[2]), 0)
+        looked_at = (i for i, item in enumerate(self.queue) if item[0] == current)
+        return next(looked_at, next((i for i, item in enumerate(self.queue) if item[2]), 0))
 
     def _stopped(self, name: str) -> bool:
         """The sweep's cancel flag, asked between batches: a sweep of an image the user does not
@@ -167,11 +169,16 @@ class SweepRunner:
             time.sleep(0.05)
         return self.stop.is_set()
 
+    def _still_wanted(self, name: str, show: bool) -> bool:
+        """Whether an image submitted with ``show`` is still to be shown: not when the user has
+        asked for another upload since (the last one asked for stays on screen)."""
+        return show and self.wanted == name
+
     def _run(self, name: str, image: ImageLike, show: bool) -> None:
         x = load_image(image, self.model, size=self.size)
         ms = cache.cached(self.model, self.layers, x, self.cache_dir, self.device)
         if ms is not None:
-            self.store.add_mapset(name, ms, show=show, picture=image)
+            self.store.add_mapset(name, ms, show=self._still_wanted(name, show), picture=image)
             return
         self.store.set_progress((name, 0, 1))
         first = True
@@ -182,7 +189,7 @@ class SweepRunner:
             # seconds; each later yield (estimate or layer) redraws
             if first:
                 ms.frame = image_frame(image)  # kept in the cache: the photo's own (H, W)
-                self.store.add_mapset(name, ms, show=show, picture=image)
+                self.store.add_mapset(name, ms, show=self._still_wanted(name, show), picture=image)
                 first = False
             else:
                 self.store.probed(name)
