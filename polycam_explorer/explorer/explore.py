@@ -91,12 +91,13 @@ class SweepRunner:
         sweeps it at once (any other sweep pauses)."""
         with self._lock:
             self.queue.append((name, image, show))
+            if show:  # before any thread can take it: _still_wanted asks at its first map
+                self.wanted = name
             if self.thread is None or not self.thread.is_alive():  # (not alive: it died of an error)
                 self.stop.clear()
                 self.thread = threading.Thread(target=self._work, daemon=True)
                 self.thread.start()
         if show:
-            self.wanted = name
             self.look_at(name)
 
     def look_at(self, name: Optional[str]) -> None:
