@@ -12,10 +12,16 @@ from .kernels import MAX_KERNELS, voila_arguments
 
 def app_notebook(images: Sequence[str], folder: Path, *, model_name: str | None = None,
                  weights: str | None = None, backend: str = "auto") -> Path:
-    """Write the notebook that Voila serves: the explorer on ``images`` (the samples if none)."""
+    """Write the notebook that Voila serves: the explorer on ``images`` (the samples if none).
+
+    Raises:
+        ValueError: an image that is missing, a folder, or not an image file (naming it and the
+            formats accepted), before anything is served.
+    """
+    from .images import open_image
+
     for image in images:
-        if not Path(image).is_file():
-            raise ValueError(f"image file {image!r} does not exist")
+        open_image(image)  # decoded here once: a bad file is refused now, not in the served page
     paths = [str(Path(i).resolve()) for i in images] or None
     return _one_cell(folder, f"explorer = pe.explore({paths!r}, model={_model_code(model_name, weights)}, "
                              f"backend={backend!r})\nexplorer")
