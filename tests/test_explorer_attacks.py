@@ -4,6 +4,7 @@ earlier work may be lost."""
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 
@@ -119,4 +120,37 @@ def test_the_last_upload_stays_on_screen_when_an_earlier_one_finishes_later(tiny
         assert ex.state.image == "small"  # not moved away from what the user asked for last
     finally:
         release.set()
+        ex.close()
+
+
+@pytest.mark.parametrize("fmt", ["screen-png", "svg"])
+def test_an_export_is_of_one_view_when_the_image_changes_meanwhile(ms, tiny_model, tmp_path, monkeypatch, fmt):
+    """A sweep's thread can switch the image on screen (an upload's first map) while an export is
+    being drawn: the file's name, captions and pixels must all be of the view the export began with."""
+    from polycam_explorer.explorer import frames
+    from polycam_explorer.explorer.views import export as export_module
+
+    other = pe.compute_mapset(tiny_model, torch.full((1, 3, 16, 16), 0.7), progress=False)
+    assert other.topk(1)[0][0] != ms.topk(1)[0][0] or other.topk(1)[0][2] != ms.topk(1)[0][2]
+    ex = pe.Explorer({"first": ms, "second": other}, size=SIZE, export_dir=tmp_path / "exports")
+    write = (lambda: ex.export.png()) if fmt == "screen-png" else (lambda: ex.export.figure("svg"))
+    try:
+        before = write()  # the view of "first", undisturbed
+        real = frames.panel_pixels
+
+        def switching(*args, **kwargs):  # the image changes while the export draws its panels
+            ex.state.image = "second"
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(export_module.frames, "panel_pixels", switching)
+        during = write()
+        monkeypatch.setattr(export_module.frames, "panel_pixels", real)
+        assert ex.state.image == "second"
+        assert during.name.startswith("first_") and during.name != before.name
+        if fmt == "screen-png":
+            assert np.array_equal(np.asarray(Image.open(during)), np.asarray(Image.open(before)))
+        else:  # the same figure: its captions and map (the file differs only in matplotlib's ids)
+            assert re.sub(r'id="[^"]*"|#[0-9a-f]{10}', "", during.read_text()) == \
+                re.sub(r'id="[^"]*"|#[0-9a-f]{10}', "", before.read_text())
+    finally:
         ex.close()
