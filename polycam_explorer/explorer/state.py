@@ -55,6 +55,21 @@ class ViewState(T.HasTraits):
         with self._batch():
             super().notify_change(change)
 
+    def snapshot(self) -> "ViewState":
+        """A copy of what is shown now, observed by nothing: work that reads the state several
+        times (an export: its file name, captions and pixels) reads one view even if a sweep's
+        thread changes the image meanwhile.
+
+        Raises:
+            traitlets.TraitError: taken in the middle of such a change (the new image with the old
+                class, say); asking again gives the state once it is complete.
+        """
+        copy = ViewState()
+        with copy.hold_trait_notifications():  # the validators see every trait copied at once
+            for name in self.trait_names():
+                setattr(copy, name, getattr(self, name))
+        return copy
+
     image = T.Unicode("")
     klass = T.Int(0)
     other_class = T.Int(0)

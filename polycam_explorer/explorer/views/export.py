@@ -12,7 +12,7 @@ import base64
 import html
 import os
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from ... import figure, render
 from ...files import atomic_write
+from ...mapset import MapSet
 from .. import frames
 from ..jobs import Jobs
 from ..panels import VARIANT_NAMES, baseline_name, look, panel_display_size, panels_for
@@ -85,6 +86,17 @@ def caption_lines(ms, panel, against: Optional[int] = None) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Shot:
+    """One view to export, read once: the image's name, its map set, a copy of the state and the
+    panels it shows (so a file's name, captions and pixels are of the same view)."""
+
+    name: str
+    ms: MapSet
+    view: ViewState
+    panels: list[frames.Panel]
+
+
 class ExportView:
     """The Export tab: a figure (format, dpi) and an npz button, the full path of what was
     written last and its download button (``link``).
@@ -120,50 +132,60 @@ class ExportView:
         except Exception as exc:  # noqa: BLE001 - shown in the status line
             self.store.report_error(exc)
 
-    def _stem(self) -> str:
-        ms = self.store.mapset(self.state.image)
-        panel = panels_for(self.state, ms)[0]
+    def shot(self) -> Shot:
+        """The view on screen, read once (:meth:`ViewState.snapshot`).
+
+        Raises:
+            ValueError: nothing is drawn yet.
+        """
+        view = self.state.snapshot()
+        ms = self.store.get(view.image)
+        if ms is None or ms.depth_available == 0:
+            raise ValueError("nothing is drawn yet: there is no view to export")
+        return Shot(view.image, ms, view, panels_for(view, ms))
+
+    def _stem(self, shot: Shot) -> str:
+        panel = shot.panels[0]
         variant = {"+": "pcam+", "-": "pcam-", "+-": "pcam+-"}[panel.variant]
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.state.image)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in shot.name)
         safe = safe.encode()[:NAME_BYTES].decode(errors="ignore")  # whole characters only
         return f"{safe}_class{panel.class_idx}_{variant}_depth{panel.depth}"
 
-    def tiles(self) -> list[np.ndarray]:
-        """The pixels of the panels on screen, at screen size, as the main view draws them (the
-        photo's aspect ratio, the map resized onto its frame)."""
-        ms = self.store.mapset(self.state.image)
-        geo = frames.geometry(ms.size, self.store.frame_size(self.state.image), self.size)
-        zoom = geo.box(self.state.zoom) if self.state.zoom is not None else None
-        return self._pixels(geo, panel_display_size(geo.work_size, zoom, len(panels_for(self.state, ms)), self.size))
+    def tiles(self, shot: Optional[Shot] = None) -> list[np.ndarray]:
+        """The pixels of the panels on screen (or of ``shot``), at screen size, as the main view
+        draws them (the photo's aspect ratio, the map resized onto its frame)."""
+        shot = shot or self.shot()
+        geo = frames.geometry(shot.ms.size, self.store.frame_size(shot.name), self.size)
+        zoom = geo.box(shot.view.zoom) if shot.view.zoom is not None else None
+        return self._pixels(shot, geo, panel_display_size(geo.work_size, zoom, len(shot.panels), self.size))
 
-    def print_tiles(self) -> list[np.ndarray]:
-        """The panels on screen for print: each the map at its full resolution on a frame of the
-        photo's aspect ratio (:func:`frames.full_resolution`), zoomed as on screen, unscaled."""
-        ms = self.store.mapset(self.state.image)
-        geo = frames.full_resolution(ms.size, self.store.frame_size(self.state.image))
-        top, left, bottom, right = geo.box(self.state.zoom)
-        return self._pixels(geo, (bottom - top, right - left))
+    def print_tiles(self, shot: Optional[Shot] = None) -> list[np.ndarray]:
+        """The panels on screen (or of ``shot``) for print: each the map at its full resolution on
+        a frame of the photo's aspect ratio (:func:`frames.full_resolution`), zoomed as on screen,
+        unscaled."""
+        shot = shot or self.shot()
+        geo = frames.full_resolution(shot.ms.size, self.store.frame_size(shot.name))
+        top, left, bottom, right = geo.box(shot.view.zoom)
+        return self._pixels(shot, geo, (bottom - top, right - left))
 
-    def _pixels(self, geo: frames.Geometry, size: tuple[int, int]) -> list[np.ndarray]:
-        """Every panel on screen drawn on ``geo``'s frame, zoomed and scaled to ``size``."""
-        name = self.state.image
-        ms = self.store.mapset(name)
-        how, picture = look(self.state), self.store.picture(name, geo.work_size)
+    def _pixels(self, shot: Shot, geo: frames.Geometry, size: tuple[int, int]) -> list[np.ndarray]:
+        """Every panel of ``shot`` drawn on ``geo``'s frame, zoomed and scaled to ``size``."""
+        how, picture = look(shot.view), self.store.picture(shot.name, geo.work_size)
         out = []
-        for panel in panels_for(self.state, ms):
-            values = None if panel.method is None else self.jobs.baseline(name, panel.class_idx, panel.method)
-            out.append(frames.panel_pixels(ms, panel, how, picture, values, geo, size))
+        for panel in shot.panels:
+            values = None if panel.method is None else self.jobs.baseline(shot.name, panel.class_idx, panel.method)
+            out.append(frames.panel_pixels(shot.ms, panel, how, picture, values, geo, size))
         return out
 
-    def captions(self) -> list[list[str]]:
-        """The caption lines of each panel on screen (:func:`caption_lines`); in the contrast
-        view also which colour is which class."""
-        ms = self.store.mapset(self.state.image)
-        panels = panels_for(self.state, ms)
-        if self.state.mode != "contrast":
-            return [caption_lines(ms, p) for p in panels]
+    def captions(self, shot: Optional[Shot] = None) -> list[list[str]]:
+        """The caption lines of each panel on screen (or of ``shot``; :func:`caption_lines`); in
+        the contrast view also which colour is which class."""
+        shot = shot or self.shot()
+        ms = shot.ms
+        if shot.view.mode != "contrast":
+            return [caption_lines(ms, p) for p in shot.panels]
         out = []
-        for p in panels:
+        for p in shot.panels:
             a, b = frames.contrast_classes(ms, p)
             out.append(caption_lines(ms, p, b) + ([frames.contrast_key((ms.class_names[a], ms.class_names[b]))]
                                                    if p.method is None else []))
@@ -178,13 +200,12 @@ class ExportView:
             return self.png()
         if fmt not in figure.FORMATS:
             raise ValueError(f"fmt must be one of {figure.FORMATS}, got {fmt!r}")
-        if not self.store.get(self.state.image):
-            raise ValueError("nothing is drawn yet: there is no view to export")
-        ms = self.store.mapset(self.state.image)
-        a, b = frames.contrast_classes(ms, panels_for(self.state, ms)[0])
-        scale = frames.print_scale(self.state.mode, self.state.cmap, (ms.class_names[a], ms.class_names[b]))
-        fig = figure.figure(self.print_tiles(), self.captions(), scale)
-        stem = self._stem() + (f"_{dpi}dpi" if fmt == "png" else "")
+        shot = self.shot()
+        ms = shot.ms
+        a, b = frames.contrast_classes(ms, shot.panels[0])
+        scale = frames.print_scale(shot.view.mode, shot.view.cmap, (ms.class_names[a], ms.class_names[b]))
+        fig = figure.figure(self.print_tiles(shot), self.captions(shot), scale)
+        stem = self._stem(shot) + (f"_{dpi}dpi" if fmt == "png" else "")
         path = unique_path(export_folder(self.export_dir), stem, f".{fmt}")
         figure.save(fig, path, fmt, dpi=dpi)
         self.link.value = download_link(path)
@@ -195,27 +216,25 @@ class ExportView:
         class, depth and layer), and the view's colour scale on the right (the colorbar of the
         overlay and heatmap, the contrast's bar, the ins-vs-del square); a single panel's frame
         sits at the top left."""
-        if not self.store.get(self.state.image):
-            raise ValueError("nothing is drawn yet: there is no view to export")
-        texts = self.captions()
+        shot = self.shot()
+        texts = self.captions(shot)
         depth = max(len(t) for t in texts)
-        shown = self.tiles()
+        shown = self.tiles(shot)
         tiles = [render.captioned(t, lines + [""] * (depth - len(lines)), width=t.shape[1] + 0)
                  for t, lines in zip(shown, texts)]
         pixels = render.grid([tiles])
-        scale = frames.scale_pixels(self.state.mode, self.state.cmap, max(12, shown[0].shape[0]))
+        scale = frames.scale_pixels(shot.view.mode, shot.view.cmap, max(12, shown[0].shape[0]))
         if scale is not None:
             pixels = render.beside(pixels, scale)
-        path = unique_path(export_folder(self.export_dir), self._stem(), ".png")
+        path = unique_path(export_folder(self.export_dir), self._stem(shot), ".png")
         render.save_png(pixels, path)
         self.link.value = download_link(path)
         return path
 
     def maps(self) -> Path:
         """The saliency maps of the panels on screen (full image size, float32) and their panels."""
-        name = self.state.image
-        ms = self.store.mapset(name)
-        panels = panels_for(self.state, ms)
+        shot = self.shot()
+        name, ms, panels = shot.name, shot.ms, shot.panels
         arrays = {}
         for i, panel in enumerate(panels):
             values = (frames.panel_map(ms, panel) if panel.method is None else
@@ -227,7 +246,7 @@ class ExportView:
         arrays["image"] = np.array(name)
         arrays["frame_size"] = np.array(self.store.frame_size(name))  # the photo's (H, W): maps resize onto it
         arrays["class_names"] = np.array([ms.class_names[p.class_idx] for p in panels])
-        path = unique_path(export_folder(self.export_dir), self._stem(), ".maps.npz")
+        path = unique_path(export_folder(self.export_dir), self._stem(shot), ".maps.npz")
         with atomic_write(path) as f:
             np.savez_compressed(f, **arrays)
         self.link.value = download_link(path)
