@@ -1,6 +1,7 @@
-"""The explorer under a hostile user: exports of images with very long names or into a folder
-that is a file, uploads under a name already taken. Each must work or say what is wrong, and no
-earlier work may be lost."""
+"""The explorer under a hostile user: exports of images with very long names, into a folder that
+is a file, or while the image changes; uploads under a name already taken, or one after another.
+Each must work or say what is wrong, no earlier work may be lost, and what is written or shown is
+of one view."""
 from __future__ import annotations
 
 import io
