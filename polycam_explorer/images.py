@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import numbers
 import os
 from pathlib import Path
@@ -113,6 +114,8 @@ def open_image(source: str | os.PathLike | bytes | bytearray | memoryview, *, na
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         label = repr(name) if name is not None else "the uploaded data"
+        if not len(source):
+            raise ValueError(f"{label} is empty (0 bytes): nothing to read as an image (accepted: {IMAGE_TYPES})")
         stream = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         label = repr(str(source))
@@ -130,7 +133,8 @@ def open_image(source: str | os.PathLike | bytes | bytearray | memoryview, *, na
     except _Refused:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, EOFError, struct.error...
-        raise ValueError(f"could not read {label} as an image (accepted: {IMAGE_TYPES}): {exc}") from exc
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", label, str(exc))  # not a memory address
+        raise ValueError(f"could not read {label} as an image (accepted: {IMAGE_TYPES}): {reason}") from exc
 
 
 def _check_file(path: Path, label: str) -> None:

@@ -446,6 +446,14 @@ def test_an_upload_that_is_not_an_image_is_named() -> None:
         upload_to_image([{"name": "notes.txt", "content": memoryview(b"this is not an image")}])
 
 
+def test_an_empty_upload_is_called_empty_and_no_message_shows_a_memory_address() -> None:
+    with pytest.raises(ValueError, match=r"'e\.png' is empty \(0 bytes\)"):
+        upload_to_image([{"name": "e.png", "content": b""}])
+    with pytest.raises(ValueError) as info:
+        upload_to_image([{"name": "e.png", "content": b"not an image"}])
+    assert "BytesIO" not in str(info.value) and "0x" not in str(info.value)
+
+
 def test_uploads_are_read_like_files() -> None:
     buffer = io.BytesIO()
     Image.fromarray(_gradient16()).save(buffer, format="PNG")
