@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import threading
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cancel import CancelFlag, Cancelled, cancel_check
 from .layers import check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .models import Classifier, as_classifier, probabilities
@@ -91,3 +93,29 @@ def explaining(net: nn.Module) -> Iterator[None]:
     """Eval mode, parameters frozen, gradients on (for the input copy); every flag restored after."""
     with inference_state(net), torch.enable_grad():
         yield
+
+
+class BaselineCancelled(Cancelled):
+    """A baseline map stopped at a forward pass because its cancel flag was set."""
+
+
+@contextlib.contextmanager
+def cancellable(net: nn.Module, cancel: CancelFlag) -> Iterator[None]:
+    """Stop at the next forward pass of ``net`` in this thread once ``cancel`` is set (raising
+    :class:`BaselineCancelled`): the methods run inside torchcam and Captum, whose loops of
+    forward passes (Score-CAM's masks, SmoothGrad's samples, occlusion's windows) have no other
+    way out. Passes in other threads (a sweep beside it on the same network) are left alone."""
+    if cancel is None:
+        yield
+        return
+    stop_now, owner = cancel_check(cancel), threading.get_ident()
+
+    def check(_module, _inputs) -> None:
+        if threading.get_ident() == owner and stop_now():
+            raise BaselineCancelled("baseline map cancelled")
+
+    handle = net.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import baseline_common as common
+from .cancel import CancelFlag, cancel_check
 from .layers import check_layers
+from .models import as_classifier
 from .rise import rise
 from .extras import require
 
@@ -271,15 +273,22 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def saliency(method: str, model: nn.Module, x: torch.Tensor, class_idx: int, **options) -> torch.Tensor:
+def saliency(method: str, model: nn.Module, x: torch.Tensor, class_idx: int, *, cancel: CancelFlag = None,
+             **options) -> torch.Tensor:
     """The ``H x W`` map of the baseline named ``method`` (a key of :data:`METHODS`).
+
+    ``cancel`` (a ``threading.Event`` or a callable): once set, the method stops at its next
+    forward pass with :class:`~polycam_explorer.baseline_common.BaselineCancelled`.
 
     Raises:
         ValueError: for an unknown method name (the accepted ones are listed), or a bad option value.
-        TypeError: for an option the method does not take.
+        TypeError: for an option the method does not take, or a ``cancel`` that cannot be asked.
         ImportError: if the method's library (torchcam or Captum) is missing.
+        BaselineCancelled: ``cancel`` was set.
     """
     fn = METHODS.get(method) if isinstance(method, str) else None
     if fn is None:
         raise ValueError(f"unknown saliency method {method!r}; accepted: {', '.join(METHODS)}")
-    return fn(model, x, class_idx, **options)
+    cancel_check(cancel)  # a bad value is refused before any work
+    with common.cancellable(as_classifier(model).net, cancel):
+        return fn(model, x, class_idx, **options)

@@ -8,6 +8,10 @@ from typing import Callable, Union
 CancelFlag = Union[threading.Event, Callable[[], bool], None]
 
 
+class Cancelled(RuntimeError):
+    """Long work stopped because its cancel flag was set (a sweep, a report, a baseline, a job)."""
+
+
 def cancel_check(cancel: object) -> Callable[[], bool]:
     """``cancel`` as a function that says whether the work should stop now.
 

@@ -13,11 +13,11 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .cancel import cancel_check
+from .cancel import Cancelled, cancel_check
 from .models import probabilities
 from .polycam import resize, unit_normalize
 
-class SweepCancelled(RuntimeError):
+class SweepCancelled(Cancelled):
     """Raised when a sweep is cancelled through its ``cancel`` flag."""
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import render
-from ..cancel import CancelFlag, cancel_check
+from ..cancel import CancelFlag, Cancelled, cancel_check
 from ..files import atomic_write
 from ..polycam import canonical_variant
 from .aggregates import class_means, insdel_table
@@ -73,7 +73,7 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
-class ReportCancelled(RuntimeError):
+class ReportCancelled(Cancelled):
     """Raised by :func:`write_report` when its ``cancel`` flag is set between two rows (nothing is
     written)."""
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import ipywidgets as W
 import traitlets as T
 
-from ..explorer.jobs import Cancelled, Job, one_torch_thread
+from ..cancel import Cancelled
+from ..explorer.jobs import Job, one_torch_thread
 from ..explorer.views.export import download_link, export_folder, unique_path
 from .index import Index, Row
-from .report import ReportCancelled, write_report
+from .report import write_report
 
 ERROR_STYLE = "color:#b00"
 
@@ -73,7 +74,7 @@ class ReportPanel(W.HBox):
             with one_torch_thread():  # one map per row: leave the other core to the grid
                 path = write_report(index, rows, unique_path(export_folder(self.export_dir), "atlas_report", ".html"),
                                     variant=variant, progress=self.job.report, cancel=self.job.stop)
-        except (ReportCancelled, Cancelled):
+        except Cancelled:  # the report's, or the job's
             self._outcome = (f"report cancelled after {self.job.done} of {len(rows)} images: "
                              "no file written")
         except Exception as exc:  # noqa: BLE001 - shown in the status line

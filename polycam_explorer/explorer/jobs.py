@@ -15,19 +15,16 @@ from __future__ import annotations
 import contextlib
 import html
 import threading
-from typing import Any, Callable, Hashable, Iterator, Optional
+from typing import Any, Callable, Hashable, Iterable, Iterator, Optional
 
 import ipywidgets as W
 import torch
 import traitlets as T
 
+from ..cancel import Cancelled
 from ..scheduler import Clock, Priority
 from .panels import main_panel
 from .store import Event, Store
-
-
-class Cancelled(Exception):
-    """Raised by :meth:`Job.check` once cancel has been asked."""
 
 
 class Job(T.HasTraits):
@@ -190,7 +187,7 @@ class Jobs:
         self.priority = Priority()  # curves, baselines and the sanity check hold background sweeps back
         self.runner = None  # a SweepRunner, once attached
         self._lock = threading.Lock()
-        self._baselines: set[tuple] = set()
+        self._baselines: dict[tuple, threading.Event] = {}  # running, with their cancel flags
         self._jobs: list[Job] = []
 
     def job(self) -> Job:
@@ -207,41 +204,57 @@ class Jobs:
         if values is not None or self.model is None:
             return values
         with self._lock:
-            if key in self._baselines:
+            running = self._baselines.get(key)
+            if running is not None and not running.is_set():
                 return None
-            self._baselines.add(key)
-        threading.Thread(target=self._compute_baseline, args=(key, self.store.mapset(name)), daemon=True).start()
+            stop = self._baselines[key] = threading.Event()  # a new one, also after a cancel
+        threading.Thread(target=self._compute_baseline, args=(key, self.store.mapset(name), stop),
+                         daemon=True).start()
         return None
 
-    def _compute_baseline(self, key: tuple, ms) -> None:
+    def keep_baselines(self, wanted: Iterable[tuple]) -> None:
+        """Cancel the baselines being computed that are not ``wanted`` (``(image, class, method)``
+        keys of the panels on screen): Score-CAM or RISE for a class left behind takes minutes
+        of a CPU the map on screen needs."""
+        wanted = set(wanted)
+        with self._lock:
+            for key, stop in self._baselines.items():
+                if key not in wanted:
+                    stop.set()
+
+    def _compute_baseline(self, key: tuple, ms, stop: threading.Event) -> None:
         with self.priority.foreground():  # a baseline beside the map does not wait behind sweeps
-            self._baseline_values(key, ms)
+            self._baseline_values(key, ms, stop)
 
     def baseline_running(self, name: str, class_idx: int, method: str) -> bool:
         with self._lock:
-            return (name, class_idx, method) in self._baselines
+            stop = self._baselines.get((name, class_idx, method))
+            return stop is not None and not stop.is_set()
 
-    def _baseline_values(self, key: tuple, ms) -> None:
+    def _baseline_values(self, key: tuple, ms, stop: threading.Event) -> None:
         from .. import baselines
         from ..polycam import display_map
 
         _, class_idx, method = key
         try:
-            raw = baselines.saliency(method, self.model, ms.image, class_idx)
+            raw = baselines.saliency(method, self.model, ms.image, class_idx, cancel=stop)
             values = display_map(raw.detach().float().to(ms.device), ms.size)
-            with self._lock:
-                self._baselines.discard(key)
             if self.store.get(key[0]) is ms:  # not replaced meanwhile
                 self.store.put_result("baseline", key, values)
+        except Cancelled:
+            pass  # left behind: asked for again, it starts anew
         except Exception as exc:  # noqa: BLE001 - shown in the widget
-            with self._lock:
-                self._baselines.discard(key)
             self.store.report_error(exc)
+        finally:
+            with self._lock:
+                if self._baselines.get(key) is stop:  # not a newer computation of the same key
+                    del self._baselines[key]
 
     def cancel(self) -> None:
-        """Stop every running job and sweep."""
+        """Stop every running job, baseline and sweep."""
         for job in self._jobs:
             job.cancel()
+        self.keep_baselines(())
         if self.runner is not None:
             self.runner.cancel()
 
@@ -337,13 +350,11 @@ class JobTab:
         self.job.start(lambda: self._work(key, ms, panel), block=block)
 
     def _work(self, key: tuple, ms, panel) -> None:
-        from ..probes import SweepCancelled
-
         try:
             result = self.run(key, ms, panel)
             self.job.message = ""
             self.store.put_result(self.what, key, result)
-        except (Cancelled, SweepCancelled):
+        except Cancelled:  # the job's own, or the sweep's
             self.job.message = "<i>cancelled</i>"
         except Exception as exc:  # noqa: BLE001 - shown in the widget
             self.job.message = (f"<span style='color:#b00020'><b>{type(exc).__name__}</b>: "

@@ -79,13 +79,13 @@ class MainView:
         ms = self.store.get(self.state.image)
         self.legend.value = frames.legend_html(mode, self._contrast_names(ms) if mode == "contrast" else None)
         self.legend.layout.visibility = "visible" if self.legend.value else "hidden"
-        if ms is None:
-            self.status.value = "<i>waiting for the first map set…</i>"
-            return
-        if ms.depth_available == 0:
-            self.status.value = "<i>probing the coarsest layer…</i>"
+        if ms is None or ms.depth_available == 0:
+            self.jobs.keep_baselines(())  # another image's baselines are not on screen any more
+            self.status.value = ("<i>waiting for the first map set…</i>" if ms is None else
+                                 "<i>probing the coarsest layer…</i>")
             return
         panels, name = panels_for(self.state, ms), self.state.image
+        self.jobs.keep_baselines((name, p.class_idx, p.method) for p in panels if p.method is not None)
         geo = self.geometry()
         self._ensure_canvases(len(panels), geo)
         how, picture = look(self.state), self.store.picture(name, geo.work_size)
