@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Iterator
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()  # read once at import: os.umask can only be read by setting it
 
 
 @contextlib.contextmanager
@@ -24,25 +15,27 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     so no half-written file is ever left at ``path`` nor beside it. The data reaches the disk
     (``fsync``) before the rename, so a crash leaves the old file or the new one, whole; a full disk
     surfaces as an ``OSError`` here, not as a truncated file later. The file gets the permissions a
-    plain ``open(path, "wb")`` would give (the user's umask), not the temporary file's private 0600.
-    Only a process killed outright (SIGKILL, power loss) can leave its ``.NAME.XXXX.tmp`` beside
-    ``path``: never at ``path``; ``generate`` and ``evaluate`` remove such leftovers when they start.
+    plain ``open(path, "wb")`` would give (the user's umask). An interrupt (Ctrl-C, SIGTERM turned
+    into an exception) removes the temporary file wherever it lands; only a process killed outright
+    (SIGKILL, power loss) can leave its ``.NAME.XXXX.tmp`` beside ``path``: never at ``path``;
+    ``generate`` and ``evaluate`` remove such leftovers when they start.
 
     Raises:
         OSError: the folder cannot be created or written, or the disk is full (nothing is left).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the name is chosen before the file is made, inside the try: an interrupt (Ctrl-C) at any
+    # point after the file exists finds it by name and removes it (64 random bits: no clash)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
