@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
-import os
 import threading
 import time
 import warnings
@@ -284,11 +283,11 @@ def _export(net: nn.Module, x: torch.Tensor, fingerprint: str | None) -> bytes:
 
 def _write_quietly(path, data: bytes) -> None:
     """Disk copy of an exported graph: a speed-up only, so an unwritable folder is no error."""
+    from .files import atomic_write
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:  # whole or not there, also on a full disk
+            f.write(data)
     except OSError:
         pass
 

@@ -1,8 +1,11 @@
 """Shared fixtures: a tiny seeded CNN for the logic, the embedded model for the real thing."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,18 @@ def sample_folder(tmp_path, sample) -> Callable[..., Path]:
 def ms(tiny_model, tiny_x) -> pe.MapSet:
     """The tiny model's map set of ``tiny_x`` (a fresh sweep per test)."""
     return pe.compute_mapset(tiny_model, tiny_x, progress=False)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[bool]:
+    """A real tmpfs at ``folder`` with mount ``options`` (``"size=64k"``, ``"ro,size=64k"``): True
+    while it is mounted; False where it cannot be (not root, or no right to mount), and the test
+    falls back to a simulated fault."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = hasattr(os, "geteuid") and os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)

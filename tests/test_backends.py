@@ -11,6 +11,8 @@ import polycam_explorer as pe
 from polycam_explorer import backends
 from polycam_explorer.backends import pearson
 
+from conftest import tmpfs
+
 R_MIN = 0.9999
 
 
@@ -221,3 +223,21 @@ def test_an_exported_graph_that_disagrees_with_the_model_is_not_used(resnet, eag
         ms = pe.compute_mapset(net, x, batch_size=16, progress=False)
     assert ms.stats["backend"] == "channels_last"
     assert min_agreement(eager_mapset, ms) >= R_MIN
+
+
+def test_a_graph_that_cannot_be_written_whole_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    """The exported graph's disk copy is a speed-up: a full disk is no error, and no part of the
+    file stays behind (it used to leave its temporary file). A real 64 kB tmpfs where this machine
+    lets us mount one; else a disk that fails the write's fsync with ENOSPC."""
+    import errno
+
+    from polycam_explorer import files
+
+    folder = tmp_path / "graphs"
+    with tmpfs(folder, "size=64k") as mounted:
+        if not mounted:
+            def full(fd):
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+            monkeypatch.setattr(files.os, "fsync", full)
+        backends._write_quietly(folder / "g.onnx", b"x" * 200_000)
+        assert list(folder.iterdir()) == []

@@ -1,7 +1,6 @@
 """Real faults: SIGINT and SIGKILL of `generate` / `evaluate` processes at seeded random points, a
 full disk; every rerun must finish to the very bytes of an uninterrupted run, and no temporary
 file may survive it or pass for a finished part."""
-import contextlib
 import math
 import os
 import random
@@ -15,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from conftest import tmpfs
 
 SEED = 2022
 N_IMAGES = 6
@@ -134,19 +135,6 @@ def test_sigkill_of_evaluate_then_resume_gives_the_same_bytes(job, tmp_path):
     assert _results(out) == _results(job["root"] / "ref_eval")
 
 
-@contextlib.contextmanager
-def _small_disk(folder: Path, size_kb: int):
-    """A real tmpfs of ``size_kb`` at ``folder`` (root only); None where it cannot be mounted."""
-    folder.mkdir(parents=True)
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], capture_output=True).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 FULL_DISK = """
 import contextlib, errno, os, sys
 from polycam_explorer import cli, evaluation, files, mapset_io, runs
@@ -168,7 +156,7 @@ def test_a_full_disk_is_a_clear_error_and_a_rerun_with_room_finishes(job, tmp_pa
     ref = job["root"] / "ref"
     used = sum(math.ceil(p.stat().st_size / 4096) * 4 for p in (ref / ".parts").rglob("*") if p.is_file())
     disk = tmp_path / "disk"
-    with _small_disk(disk, used // 2) as mounted:
+    with tmpfs(disk, f"size={used // 2}k") as mounted:
         out = disk / "out"
         if mounted:
             rc, err = _run(job, job["gen"], out)

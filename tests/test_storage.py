@@ -18,7 +18,7 @@ import copy
 import errno
 import json
 import os
-import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import polycam_explorer as pe
-from conftest import TinyNet
+from conftest import TinyNet, tmpfs
 from polycam_explorer import cache, mapset_io
 from polycam_explorer import compute as compute_module
 from polycam_explorer.probes import LayerScores
@@ -271,24 +271,6 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@contextlib.contextmanager
-def _tmpfs(folder: Path, options: str):
-    """A real tmpfs at ``folder`` (root only); yields False where it cannot be mounted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not _is_root():
-        yield False
-        return
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True)
-    if done.returncode != 0:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 def _check_sweep_kept(result: pe.MapSet, model, image, record: list) -> None:
     fresh = pe.compute_mapset(model, pe.load_image(image, model), progress=False)
     assert result.complete
@@ -326,16 +308,18 @@ def test_a_read_only_cache_folder_is_a_warning(tmp_path) -> None:
             folder.chmod(0o500)
             stack.callback(folder.chmod, 0o700)
             fault = "chmod 0o500"
-        elif stack.enter_context(_tmpfs(folder, "ro,size=64k")):
+        elif stack.enter_context(tmpfs(folder, "ro,size=64k")):
             fault = "read-only tmpfs"
         else:  # root without mount rights: chmod does not stop root, so simulate EROFS
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # _tmpfs made it
 
             def read_only(*args, **kwargs):
                 raise OSError(errno.EROFS, "Read-only file system (simulated)")
 
-            stack.enter_context(pytest.MonkeyPatch.context()).setattr(
-                mapset_io.atomic_write.__globals__["tempfile"], "mkstemp", read_only)
+            # atomic_write's module: its open() makes the temporary file
+            files_module = sys.modules[mapset_io.atomic_write.__module__]
+            stack.enter_context(pytest.MonkeyPatch.context()).setattr(files_module, "open", read_only,
+                                                                      raising=False)
             fault = "simulated EROFS"
         print(f"fault used: {fault}")
         with pytest.warns(RuntimeWarning) as record:
@@ -348,7 +332,7 @@ def test_a_read_only_cache_folder_is_a_warning(tmp_path) -> None:
 def test_a_full_disk_is_a_warning_and_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
     model = tiny_classifier()
     folder = tmp_path / "full"
-    with _tmpfs(folder, "size=64k") as mounted:
+    with tmpfs(folder, "size=64k") as mounted:
         if mounted:
             fault = "full tmpfs"
             fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
