@@ -1,6 +1,7 @@
 """polycam-explorer: Poly-CAM (Englebert et al., ICPR 2022) maps for every class, variant and
 depth from one probe sweep, and an interactive explorer for them."""
 from .cache import mapset_for
+from .cancel import Cancelled
 from .layers import LayerInfo, describe_layers
 from .compute import compute_mapset, iter_mapset
 from .mapset import MapSet
@@ -32,7 +33,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Atlas", "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "atlas",
+    "Atlas", "Cancelled", "Classifier", "Explorer", "LayerInfo", "MapSet", "SweepCancelled", "as_classifier", "atlas",
     "compute_mapset", "deletion", "describe_layers", "explore", "find_target_layers", "insertion", "iter_mapset",
     "load_image", "load_model", "mapset_for", "model_fingerprint",
 ]

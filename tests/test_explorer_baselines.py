@@ -145,3 +145,14 @@ def test_a_baseline_left_behind_is_cancelled_and_the_one_on_screen_computed(tiny
     finally:
         ex.close()
     assert errors == []  # a cancelled baseline is no error
+
+
+def test_every_cancellation_is_one_kind(tiny_model, tiny_x):
+    """A sweep's, a report's, a job's and a baseline's cancellation: one ``except pe.Cancelled``."""
+    from polycam_explorer.atlas.report import ReportCancelled
+
+    with pytest.raises(pe.Cancelled):
+        pe.compute_mapset(tiny_model, tiny_x, progress=False, cancel=lambda: True)
+    with pytest.raises(pe.Cancelled):
+        baselines.saliency("gradcam", tiny_model, tiny_x, 0, cancel=lambda: True)
+    assert issubclass(ReportCancelled, pe.Cancelled)
