@@ -73,6 +73,19 @@ def test_compare_and_sort_by_disagreement_against_numpy():
     assert [p.same_class for p in compare(a, b, maps_a, maps_b)] == [False, True, False, True, False, True]
 
 
+def test_compare_on_the_labelled_class_same_class_and_nan_without_maps():
+    rng = np.random.default_rng(2)
+    a = [_row("a/p", "p", pred_name="c0"), _row("a/q", "q", pred_name="c0")]
+    b = [_row("b/p", "p", pred_name="c1"), _row("b/q", "q", pred_name="c1")]
+    maps_a = {"a/p": rng.random((3, 8, 8)), "a/q": None}  # q: no usable label
+    maps_b = {"b/p": rng.random((3, 8, 8)), "b/q": rng.random((3, 8, 8))}
+    p, q = compare(a, b, maps_a, maps_b, "+-", maps_of="label")
+    assert p.same_class and q.same_class  # both maps are of the label's class
+    assert p.disagreement == pytest.approx(1 - np.corrcoef(maps_a["a/p"][2].ravel(), maps_b["b/p"][2].ravel())[0, 1])
+    assert math.isnan(q.disagreement)
+    assert not compare(a, b, {**maps_a, "a/q": maps_b["b/q"]}, maps_b)[0].same_class  # predictions differ
+
+
 def test_sort_pairs_by_a_column_of_model_a_missing_last():
     a = [_row("a/p", "p", confidence=0.2, label="x"), _row("a/q", "q", confidence=0.9),
          _row("a/r", "r", confidence=0.2, label="y", insdel_pm=0.4)]

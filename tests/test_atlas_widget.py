@@ -463,3 +463,41 @@ def test_serve_atlas_refuses_with_a_clear_error(folders, tmp_path, monkeypatch, 
     names = {"tmp": str(tmp_path), "a": str(folders[0]), "b": str(folders[1])}
     assert main([arg.format(**names) for arg in argv] + ["--no-browser"]) == 2
     assert message.format(**names) in capsys.readouterr().err and _FakeVoila.code == []
+
+
+def test_compare_on_the_labelled_class_sorts_by_the_label_maps(folders, tmp_path):
+    """'Map of: labelled class' with two models: the tiles show both models' maps of the label,
+    and the pairs are sorted by the disagreement of those maps (not of each model's own
+    prediction); an image without a usable label has none (last); back to predicted, as before."""
+    a, b = folders
+    labelled_b = tmp_path / "B"
+    labelled_b.mkdir()
+    for file in b.glob("*.mapset.npz"):
+        shutil.copy(file, labelled_b / file.name)
+    with build_index(a, progress=False) as index_a:
+        labels = {r.image: r.label for r in index_a.rows() if r.label is not None}
+    build_index(labelled_b, labels=labels, progress=False).close()
+    atlas = Atlas(a, compare=labelled_b, page_size=4)
+    try:
+        predicted = [p.image for p in _all_items(atlas)]
+        atlas.map_of.value = "label"
+        pairs = _all_items(atlas)
+        maps_a = atlas.index.label_maps(atlas.index.rows())
+        maps_b = atlas.other.label_maps(atlas.other.rows())
+        rows_b = {r.image: r for r in atlas.other.rows()}
+        expected = {}
+        for row in atlas.index.rows():
+            if row.image in rows_b:
+                ma, mb = maps_a[row.file], maps_b[rows_b[row.image].file]
+                expected[row.image] = (math.nan if ma is None or mb is None else
+                                       1 - np.corrcoef(ma[2].ravel(), mb[2].ravel())[0, 1])
+        assert any(math.isnan(v) for v in expected.values()) and any(not math.isnan(v) for v in expected.values())
+        finite = sorted((n for n, v in expected.items() if not math.isnan(v)), key=lambda n: -expected[n])
+        assert [p.image for p in pairs][:len(finite)] == finite
+        assert all(math.isnan(p.disagreement) for p in pairs[len(finite):])
+        for p in pairs[:len(finite)]:
+            assert p.disagreement == pytest.approx(expected[p.image], abs=1e-5) and p.same_class
+        atlas.map_of.value = "predicted"
+        assert [p.image for p in _all_items(atlas)] == predicted
+    finally:
+        atlas.close()

@@ -10,10 +10,12 @@ pixels. It is 0 for maps that agree up to a gain and an offset, 1 for unrelated 
 opposite ones; NaN when one map is constant (r undefined). The atlas sorts pairs by it, most
 first (:func:`sort_pairs`).
 
-The index keeps each model's map of its own predicted class: when A and B predict the same class
-(the usual case for one model before and after fine-tuning) this is the disagreement on A's
-predicted class; when they predict different classes the pair compares each model's own
-prediction, and :attr:`Pair.same_class` is False. Pure functions: no index, no widgets.
+The maps are of each model's own predicted class (``maps_of="predicted"``): when A and B predict
+the same class (the usual case for one model before and after fine-tuning) this is the
+disagreement on that class; when they predict different classes the pair compares each model's
+own prediction, and :attr:`Pair.same_class` is False. Or of the class the image's label names
+(``maps_of="label"``, both sides the same class; NaN for an image without a usable label). Pure
+functions: no index, no widgets.
 """
 from __future__ import annotations
 
@@ -36,11 +38,12 @@ class Pair(NamedTuple):
     a: Row
     b: Row
     disagreement: float  # 1 - Pearson r of the two small maps of the shown variant; NaN if undefined
+    maps_of: str = "predicted"  # whose maps were compared: each model's predicted class's, or the label's
 
     @property
     def same_class(self) -> bool:
-        """Both models predict the same class (by name)."""
-        return self.a.pred_name == self.b.pred_name
+        """The two maps compared are of one class: the label's, or a prediction both models make."""
+        return self.maps_of == "label" or self.a.pred_name == self.b.pred_name
 
 
 def pair_rows(rows_a: Sequence[Row], rows_b: Sequence[Row]) -> list[tuple[Row, Row]]:
@@ -79,17 +82,19 @@ def disagreement(map_a: np.ndarray, map_b: np.ndarray) -> float:
     return 1.0 - pearson(map_a, map_b)
 
 
-def compare(rows_a: Sequence[Row], rows_b: Sequence[Row], maps_a: Mapping[str, np.ndarray],
-            maps_b: Mapping[str, np.ndarray], variant: str = "+-") -> list[Pair]:
+def compare(rows_a: Sequence[Row], rows_b: Sequence[Row], maps_a: Mapping[str, np.ndarray | None],
+            maps_b: Mapping[str, np.ndarray | None], variant: str = "+-", maps_of: str = "predicted") -> list[Pair]:
     """The pairs of :func:`pair_rows` (in their order) with their disagreement for ``variant``.
-    ``maps_a``, ``maps_b``: :meth:`Index.small_maps` of each side (file -> ``[3, S, S]``, variants
-    in the index's order ``+``, ``-``, ``+-``).
+    ``maps_a``, ``maps_b``: each side's small maps of the class ``maps_of`` says
+    (:meth:`Index.small_maps` or :meth:`Index.label_maps`: file -> ``[3, S, S]``, variants in the
+    index's order ``+``, ``-``, ``+-``; None where there are none: the disagreement is NaN).
 
     Raises:
-        ValueError: an unknown variant. KeyError: a paired row without its small maps.
+        ValueError: an unknown variant. KeyError: a paired row missing from the maps.
     """
     v = VARIANTS.index(canonical_variant(variant))
-    return [Pair(a.image, a, b, disagreement(maps_a[a.file][v], maps_b[b.file][v]))
+    return [Pair(a.image, a, b, math.nan if maps_a[a.file] is None or maps_b[b.file] is None else
+                 disagreement(maps_a[a.file][v], maps_b[b.file][v]), maps_of)
             for a, b in pair_rows(rows_a, rows_b)]
 
 

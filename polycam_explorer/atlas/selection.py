@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..polycam import canonical_variant
 from .compare import Pair, compare, sort_pairs
 from .index import Index, Row, build_index, open_index
@@ -41,12 +39,15 @@ def open_or_build(folder: str | os.PathLike, progress=True) -> Index:
 @dataclass(frozen=True)
 class Query:
     """A sort key (``SORTS``' keys, or ``"disagreement"`` for pairs), its direction, the variant
-    (of the maps shown, of ``"insdel"`` and of the disagreement) and :meth:`Index.query` filters."""
+    (of the maps shown, of ``"insdel"`` and of the disagreement), :meth:`Index.query` filters and,
+    comparing two models, whose maps the disagreement is of (``"predicted"``: each model's own
+    prediction; ``"label"``: the labelled class, on both sides)."""
 
     sort: str = "confidence"
     descending: bool = True
     variant: str = "+-"
     filters: dict = field(default_factory=dict)
+    maps_of: str = "predicted"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", canonical_variant(self.variant))
@@ -58,8 +59,8 @@ class Selection:
 
     def __init__(self, index: Index, other: Index | None = None) -> None:
         self.index, self.other = index, other
-        self._pairs: dict[str, list[Pair]] = {}  # variant -> every pair, in image order
-        self._maps: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self._pairs: dict[tuple[str, str], list[Pair]] = {}  # (variant, maps_of) -> every pair, in image order
+        self._maps: dict[str, tuple[dict, dict]] = {}  # maps_of -> both sides' small maps
 
     @property
     def comparing(self) -> bool:
@@ -69,16 +70,20 @@ class Selection:
         """Every row (every pair when comparing), with no filter."""
         return len(self.pairs("+-")) if self.comparing else len(self.index)
 
-    def pairs(self, variant: str) -> list[Pair]:
-        """Every pair of images in both indexes with its disagreement for ``variant`` (computed
-        once per variant from the small maps, fetched once)."""
+    def pairs(self, variant: str, maps_of: str = "predicted") -> list[Pair]:
+        """Every pair of images in both indexes with its disagreement for ``variant``, on each
+        model's predicted class or on the labelled class (``maps_of``; computed once per variant
+        from the small maps, fetched once)."""
         variant = canonical_variant(variant)
-        if variant not in self._pairs:
+        if maps_of not in ("predicted", "label"):
+            raise ValueError(f"the disagreement is of the 'predicted' or the 'label' class's maps, not {maps_of!r}")
+        if (variant, maps_of) not in self._pairs:
             rows_a, rows_b = self.index.query(), self.other.query()
-            if self._maps is None:
-                self._maps = self.index.small_maps(rows_a), self.other.small_maps(rows_b)
-            self._pairs[variant] = compare(rows_a, rows_b, *self._maps, variant)
-        return self._pairs[variant]
+            if maps_of not in self._maps:
+                fetch = "small_maps" if maps_of == "predicted" else "label_maps"
+                self._maps[maps_of] = getattr(self.index, fetch)(rows_a), getattr(self.other, fetch)(rows_b)
+            self._pairs[variant, maps_of] = compare(rows_a, rows_b, *self._maps[maps_of], variant, maps_of)
+        return self._pairs[variant, maps_of]
 
     def count(self, query: Query) -> int:
         """How many items match ``query``'s filters."""
@@ -108,7 +113,7 @@ class Selection:
         return max(1, math.ceil(self.count(query) / size))
 
     def _matching_pairs(self, query: Query) -> list[Pair]:
-        pairs = self.pairs(query.variant)
+        pairs = self.pairs(query.variant, query.maps_of)
         if not query.filters:
             return pairs
         keep = set(self.index.files(**query.filters))

@@ -174,7 +174,10 @@ class Atlas(W.HBox):
 
     def _map_changed(self) -> None:
         self.map_class.disabled = self.map_of.value != "class"
-        self.draw()
+        if self.other is not None:  # the pairs' order follows the maps compared
+            self.refresh()
+        else:
+            self.draw()
 
     # ----- what is shown ---------------------------------------------------------------------
     def query(self) -> Query:
@@ -189,7 +192,10 @@ class Atlas(W.HBox):
             filters["min_confidence"] = low
         if high < 1.0:
             filters["max_confidence"] = high
-        return Query(self.sort.value, self.descending.value, self.variant.value, filters)
+        # comparing: sorted by the disagreement of the maps shown, the label's or the predictions'
+        # (a chosen class's would load every map set: the predictions' then)
+        return Query(self.sort.value, self.descending.value, self.variant.value, filters,
+                     maps_of="label" if self.map_of.value == "label" else "predicted")
 
     def refresh(self, keep_page: bool = False) -> None:
         """Count the matching images again and draw the first page (``keep_page``: the same page)."""
