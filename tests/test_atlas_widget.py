@@ -202,6 +202,21 @@ def test_a_mapset_gone_since_indexing_is_said_in_the_status(folders, tmp_path):
         atlas.close()
 
 
+def _disagreements(atlas: Atlas, maps: str) -> dict[str, float]:
+    """Plain numpy: 1 - r of the PCAM± maps of each image in both indexes (``maps``: the Index
+    method giving them, ``"small_maps"`` or ``"label_maps"``; NaN where a side has none)."""
+    maps_a = getattr(atlas.index, maps)(atlas.index.rows())
+    maps_b = getattr(atlas.other, maps)(atlas.other.rows())
+    rows_b = {r.image: r for r in atlas.other.rows()}
+    expected = {}
+    for row in atlas.index.rows():
+        if row.image in rows_b:
+            ma, mb = maps_a[row.file], maps_b[rows_b[row.image].file]
+            expected[row.image] = (math.nan if ma is None or mb is None else
+                                   1 - np.corrcoef(ma[2].ravel(), mb[2].ravel())[0, 1])
+    return expected
+
+
 def test_compare_pairs_by_image_sorted_by_disagreement(folders):
     a, b = folders
     atlas = Atlas(a, compare=b, page_size=4)
@@ -209,14 +224,8 @@ def test_compare_pairs_by_image_sorted_by_disagreement(folders):
         assert atlas.columns == 4 and atlas.sort.value == "disagreement"
         assert atlas.count.value == "<b>6</b> of 6 pairs of images"
         pairs = _all_items(atlas)
-        maps_a = atlas.index.small_maps(atlas.index.rows())
-        maps_b = atlas.other.small_maps(atlas.other.rows())
+        expected = _disagreements(atlas, "small_maps")
         rows_b = {r.image: r for r in atlas.other.rows()}
-        expected = {}
-        for row in atlas.index.rows():
-            if row.image in rows_b:
-                r = np.corrcoef(maps_a[row.file][2].ravel(), maps_b[rows_b[row.image].file][2].ravel())[0, 1]
-                expected[row.image] = 1 - r
         assert [p.image for p in pairs] == sorted(expected, key=lambda n: -expected[n])
         for p in pairs:
             assert p.a.image == p.b.image == p.image and p.b.file == rows_b[p.image].file
@@ -482,15 +491,7 @@ def test_compare_on_the_labelled_class_sorts_by_the_label_maps(folders, tmp_path
         predicted = [p.image for p in _all_items(atlas)]
         atlas.map_of.value = "label"
         pairs = _all_items(atlas)
-        maps_a = atlas.index.label_maps(atlas.index.rows())
-        maps_b = atlas.other.label_maps(atlas.other.rows())
-        rows_b = {r.image: r for r in atlas.other.rows()}
-        expected = {}
-        for row in atlas.index.rows():
-            if row.image in rows_b:
-                ma, mb = maps_a[row.file], maps_b[rows_b[row.image].file]
-                expected[row.image] = (math.nan if ma is None or mb is None else
-                                       1 - np.corrcoef(ma[2].ravel(), mb[2].ravel())[0, 1])
+        expected = _disagreements(atlas, "label_maps")
         assert any(math.isnan(v) for v in expected.values()) and any(not math.isnan(v) for v in expected.values())
         finite = sorted((n for n, v in expected.items() if not math.isnan(v)), key=lambda n: -expected[n])
         assert [p.image for p in pairs][:len(finite)] == finite
