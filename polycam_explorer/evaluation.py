@@ -98,13 +98,15 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
     settings = {"model_id": model_fingerprint(model), "size": size, "batch_size": batch_size,
                 "layer_rule": getattr(model, "layer_rule", None)}
     layers_of: dict[tuple, list[str]] = {}
+    digests: dict[str, str] = {}  # each image file's SHA-256, read once
     with runs.progress_bar(len(names[dist.rank::dist.world]), f"generate ({label})", dist, progress) as bar:
         for name in names[dist.rank::dist.world]:
             x = load_image(Path(images) / name, model, size=size)
             shape = tuple(x.shape[-2:])
             if shape not in layers_of:
                 layers_of[shape] = find_target_layers(model, shape)
-            parts = _generate_parts(out, label, methods, name, _image_key(images, name, settings),
+            digests[name] = runs.image_digest(images, name)
+            parts = _generate_parts(out, label, methods, name, _image_key(settings, digests[name]),
                                     len(layers_of[shape]), all_depths, save_mapsets)
             todo = {k: p for k, p in parts.items() if not p.is_file()}
             if todo:
@@ -129,10 +131,10 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
     dist.barrier()
     if dist.rank != 0:
         return []
-    digests = {n: runs.image_digest(images, n) for n in names}
+    digests = {n: digests.get(n) or runs.image_digest(images, n) for n in names}  # other ranks' images too
     meta = {"model": model.name, "model_id": settings["model_id"], "size": runs.input_size(size, model.input_size),
             "images": len(names), "image_sha256": digests}
-    keys = {n: runs.digest([settings, digests[n]]) for n in names}
+    keys = {n: _image_key(settings, digests[n]) for n in names}
     if all_depths and pcam and not layers_of:  # this rank had no image
         shape = tuple(load_image(Path(images) / names[0], model, size=size).shape[-2:])
         layers_of[shape] = find_target_layers(model, shape)
@@ -156,8 +158,9 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
     return written
 
 
-def _image_key(images: str | os.PathLike, name: str, settings: dict) -> str:
-    return runs.digest([settings, runs.image_digest(images, name)])
+def _image_key(settings: dict, image_sha256: str) -> str:
+    """The key of an image's part files: the run's settings and the image file's SHA-256."""
+    return runs.digest([settings, image_sha256])
 
 
 def _generate_parts(out: Path, label: str, methods: Sequence[str], name: str, key: str, n_layers: int,
@@ -292,7 +295,7 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
 
     def part(stem: str, maps: dict, name: str) -> Path:
         if name not in keys:
-            keys[name] = _image_key(images, name, settings)
+            keys[name] = _image_key(settings, digests.get(name) or runs.image_digest(images, name))
         return runs.part_path(out, stem, name, runs.digest([keys[name], runs.array_digest(maps[name])]), ".json")
 
     mine = names[dist.rank::dist.world]
