@@ -31,6 +31,7 @@ The user's model is never modified: every runner but eager works on a copy.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import io
 import threading
@@ -161,15 +162,16 @@ def runner_for(net: nn.Module, x: torch.Tensor, *, backend: str = "auto", precis
                 _CACHE.move_to_end(key)
                 return _CACHE[key]
     start = time.perf_counter()
+    reference = functools.cache(lambda: model_reference(net, x))  # the model's own outputs, run once
     try:
         if backend == "auto-onnxruntime":
-            runner = _auto_onnx(net, x, fingerprint, batch_size)
+            runner = _auto_onnx(net, x, fingerprint, batch_size, reference)
         elif backend == "onnxruntime":
-            runner = _checked(_onnx_runner(net, x, fingerprint), net, x)
+            runner = _checked(_onnx_runner(net, x, fingerprint), reference)
         elif backend == "compile":
-            runner = _checked(_compiled(net, x, precision, batch_size), net, x)
+            runner = _checked(_compiled(net, x, precision, batch_size), reference)
         else:
-            runner = _checked(_channels_last(net, precision), net, x)
+            runner = _checked(_channels_last(net, precision), reference)
     except BackendMismatch as exc:
         if requested != "auto":
             raise
@@ -308,12 +310,13 @@ def _onnx_runner(net: nn.Module, x: torch.Tensor, fingerprint: str | None) -> Ru
     return Runner("onnxruntime", "fp32", run)
 
 
-def _auto_onnx(net: nn.Module, x: torch.Tensor, fingerprint: str | None, batch_size: int) -> Runner:
+def _auto_onnx(net: nn.Module, x: torch.Tensor, fingerprint: str | None, batch_size: int,
+               reference: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Runner:
     """ONNX Runtime if it exports, agrees with the model and one timed batch is faster than
     channels_last; else channels_last."""
-    fallback = _checked(_channels_last(net, "fp32"), net, x)
+    fallback = _checked(_channels_last(net, "fp32"), reference)
     try:
-        onnx = _checked(_onnx_runner(net, x, fingerprint), net, x)
+        onnx = _checked(_onnx_runner(net, x, fingerprint), reference)
     except Exception as exc:  # noqa: BLE001 - any export failure means: use the exact torch path
         warnings.warn(f"backend='auto': ONNX Runtime cannot run this model as PyTorch does "
                       f"({type(exc).__name__}: {str(exc)[:300]}); using channels_last",
@@ -334,35 +337,45 @@ def _auto_onnx(net: nn.Module, x: torch.Tensor, fingerprint: str | None, batch_s
     return chosen
 
 
-def check_agrees(run: Callable[[torch.Tensor], torch.Tensor], net: nn.Module, x: torch.Tensor,
-                 name: str) -> None:
-    """A fast fp32 path against the model itself, once when it is built: the probabilities of four
-    probe-like inputs (the image under fixed random masks) must agree within
-    :data:`AGREEMENT_TOLERANCE`. Catches a graph that exported or compiled silently wrong, and a
-    model whose code assumes the NCHW memory layout (a custom kernel reading raw strides).
-
-    Raises:
-        BackendMismatch: naming the path and the difference.
-    """
+def model_reference(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four probe-like inputs (the image under fixed random masks) and the model's own
+    probabilities on them: what :func:`check_agrees` holds a fast path to."""
     from .model_state import inference_state
     from .models import probabilities
 
     masks = torch.rand(4, 1, *x.shape[-2:], generator=torch.Generator().manual_seed(0))
     batch = x[:1].float() * masks.to(x.device)
     with inference_state(net), torch.inference_mode():  # the model as the sweep runs it (eval), left as it was
-        expected = probabilities(net(batch))
+        return batch, probabilities(net(batch))
+
+
+def check_agrees(run: Callable[[torch.Tensor], torch.Tensor], name: str,
+                 reference: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """A fast fp32 path against the model itself, once when it is built: its probabilities on
+    :func:`model_reference`'s inputs must agree within :data:`AGREEMENT_TOLERANCE`. Catches a graph
+    that exported or compiled silently wrong, and a model whose code assumes the NCHW memory
+    layout (a custom kernel reading raw strides).
+
+    Raises:
+        BackendMismatch: naming the path and the difference.
+    """
+    from .models import probabilities
+
+    batch, expected = reference
+    with torch.inference_mode():
         got = probabilities(run(batch))
     difference = float((got.to(expected.device) - expected).abs().max())
-    tolerance = AGREEMENT_TOLERANCE.get(x.device.type, AGREEMENT_TOLERANCE["cuda"])
+    tolerance = AGREEMENT_TOLERANCE.get(batch.device.type, AGREEMENT_TOLERANCE["cuda"])
     if not difference <= tolerance:  # NaN fails too
         raise BackendMismatch(f"the {name} path gives probabilities up to {difference:.3g} away from the model's "
                               f"own on this image (accepted: {tolerance:g}); use backend='eager'")
 
 
-def _checked(runner: Runner, net: nn.Module, x: torch.Tensor) -> Runner:
-    """``runner`` after :func:`check_agrees` (fp32 runners; reduced precision measures its own agreement)."""
+def _checked(runner: Runner, reference: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Runner:
+    """``runner`` after :func:`check_agrees` (fp32 runners; reduced precision measures its own
+    agreement); ``reference()`` gives :func:`model_reference` (computed once per build)."""
     if runner.precision == "fp32":
-        check_agrees(runner, net, x, runner.name)
+        check_agrees(runner, runner.name, reference())
     return runner
 
 
