@@ -40,8 +40,8 @@ def load_image(image: ImageLike, model: nn.Module | None = None, *,
 
     Raises:
         ValueError / TypeError: naming what was wrong and what is accepted: a missing, unreadable
-            or too large file (a folder, a broken link or a pipe is named as such) (PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb limit), an
-            empty image, another array dtype or shape, floats outside [0, 1], a malformed ``size``.
+            or too large file (PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb limit; a folder,
+            a broken link or a pipe is named as such), an empty image, another array dtype or shape, floats outside [0, 1], a malformed ``size``.
     """
     clf = as_classifier(model) if model is not None else None
     mean = clf.mean if clf else (0.5,) * 3
