@@ -59,7 +59,7 @@ def agreement(ref: pe.MapSet, other: pe.MapSet) -> float:
 
 
 PATHS = [("eager", "fp32"), ("channels_last", "fp32"), ("channels_last", "bf16"), ("channels_last", "fp16"),
-         ("compile", "fp16")]  # compile: at the largest batch only (each compile costs a minute)
+         ("compile", "fp32"), ("compile", "fp16")]  # compile: at the largest batch only (each compile costs seconds)
 
 
 def bench_model(name: str, device: torch.device, size: int, batch_sizes: list[int], repeats: int,
