@@ -25,7 +25,7 @@ r >= 0.9999, tests/test_backends.py), and each is checked against the model itse
 built (:func:`check_agrees`): one that disagrees is refused when asked for by name, and ``auto``
 falls back to an exact path with a :class:`BackendFallbackWarning`. ``precision="bf16"`` (or ``"fp16"`` on CUDA; opt-in,
 channels_last/compile under autocast) is faster and less exact; the sweep measures its agreement on the image and
-warns (:class:`PrecisionWarning`) below :data:`MIN_BF16_AGREEMENT` (see :func:`bf16_agreement`).
+warns (:class:`PrecisionWarning`) below :data:`MIN_BF16_AGREEMENT` (see :func:`probes.precision_agreement`).
 The user's model is never modified: every runner but eager works on a copy.
 """
 from __future__ import annotations

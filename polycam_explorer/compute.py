@@ -176,7 +176,8 @@ def compute_mapset(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
 class _AgreementCheck:
     """Measures a reduced-precision sweep against fp32 on each layer as it is probed
     (:func:`probes.precision_agreement`: its 32 highest-energy masks again in fp32, about 3% more
-    passes, with the fp32 ``s0`` and ``f(0)`` run once per sweep); keeps the smallest r in
+    passes, with the fp32 ``s0`` and ``f(0)`` run once per sweep, and the layer's CAM compared with
+    its fp32 estimate); keeps the smallest r in
     ``ms.stats["precision_agreement"]`` and warns, once, when it falls below
     :data:`backends.MIN_BF16_AGREEMENT`."""
 
@@ -193,8 +194,9 @@ class _AgreementCheck:
         ms.stats["precision_agreement"] = round(r if before is None else min(before, r), 6)
         if r < backends.MIN_BF16_AGREEMENT and (before is None or before >= backends.MIN_BF16_AGREEMENT):
             warnings.warn(f"precision={ms.stats['precision']!r} maps of this image agree with fp32 at r = "
-                          f"{r:.4f} only (layer {ms.layers[index]!r}, top-3 classes, its highest-energy "
-                          f"channels; below {backends.MIN_BF16_AGREEMENT}): use precision='fp32' for exact maps",
+                          f"{r:.4f} only (layer {ms.layers[index]!r}, top-3 classes, estimated from its highest-"
+                          f"energy channels probed again in fp32; below {backends.MIN_BF16_AGREEMENT}): use "
+                          "precision='fp32' for exact maps",
                           backends.PrecisionWarning, stacklevel=4)
 
 

@@ -13,9 +13,10 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .backends import pearson
 from .cancel import Cancelled, cancel_check
 from .models import probabilities
-from .polycam import resize, unit_normalize
+from .polycam import VARIANTS, channel_weights, layer_cam, resize, unit_normalize
 
 class SweepCancelled(Cancelled):
     """Raised when a sweep is cancelled through its ``cancel`` flag."""
@@ -276,22 +277,40 @@ def precision_agreement(reference: Callable[[torch.Tensor], torch.Tensor], x: to
 
     Cheap by design: the ``n_masks`` distinct masks of highest activation energy are probed again
     with ``reference`` (whose ``s0`` and ``f(0)`` are ``reference_s0`` and ``reference_f_zero``),
-    and the layer's CAM restricted to those channels is made from both score sets for PCAM+, PCAM-
-    and PCAM±, for the three most probable classes. Returns the smallest Pearson r of the nine
+    and for PCAM+, PCAM- and PCAM± of the three most probable classes the layer's CAM is compared
+    with its fp32 estimate (:func:`estimated_agreement`). Returns the smallest Pearson r of the nine
     (PCAM-'s ``s0 - S-`` is the sensitive one). An estimate: the recursion can amplify differences
     at greater depths.
     """
-    from .backends import pearson
-    from .polycam import VARIANTS, channel_weights, layer_cam
-
     keep = energy_order(acts, plan)[:n_masks]
     sub = subset_plan(plan, keep)
     ref = probe_layer(reference, x, sub, reference_s0, reference_f_zero, batch_size=batch_size)
-    channels = sub.inverse >= 0
+    checked = sub.inverse >= 0
     worst = 1.0
     for c in torch.topk(reference_s0, min(3, reference_s0.numel())).indices.tolist():
         for variant in VARIANTS:
-            w_ref = channel_weights(variant, reference_s0[c], ref.s_plus[channels, c], ref.s_minus[channels, c])
-            w_low = channel_weights(variant, s0[c], scores.s_plus[channels, c], scores.s_minus[channels, c])
-            worst = min(worst, pearson(layer_cam(acts[channels], w_ref), layer_cam(acts[channels], w_low)))
+            w_low = channel_weights(variant, s0[c], scores.s_plus[:, c], scores.s_minus[:, c])
+            w_ref = channel_weights(variant, reference_s0[c], ref.s_plus[checked, c], ref.s_minus[checked, c])
+            worst = min(worst, estimated_agreement(acts, checked, w_low, w_ref))
     return worst
+
+
+def estimated_agreement(acts: torch.Tensor, checked: torch.Tensor, w_low: torch.Tensor,
+                        w_ref: torch.Tensor) -> float:
+    """Pearson r between a layer's CAM (eq. [2]) from reduced-precision weights ``w_low`` ``[K]``
+    and an estimate of its fp32 CAM, when only the ``checked`` channels' fp32 weights ``w_ref`` are
+    known.
+
+    The estimate corrects the checked channels and extrapolates their error to the rest: their
+    weights become ``w_low - s (w_low - w_ref)`` with ``s = sqrt(E / E_checked)``, ``E`` the sum
+    of squared activations over all channels and ``E_checked`` over the checked ones, as if every
+    channel's weight were off by as much for its activation energy. Comparing whole-layer maps
+    keeps the measure defined when the checked channels' own map is empty in one precision (a
+    class they barely move), where a map of those channels alone would read r = 0.
+    """
+    a = acts.float()
+    checked_energy = float(a[checked].pow(2).sum())
+    scale = (float(a.pow(2).sum()) / checked_energy) ** 0.5 if checked_energy > 0 else 1.0
+    w_est = w_low.clone()
+    w_est[checked] = w_low[checked] - scale * (w_low[checked] - w_ref)
+    return pearson(layer_cam(a, w_low), layer_cam(a, w_est))

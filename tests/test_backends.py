@@ -151,6 +151,64 @@ def test_bf16_is_opt_in_and_reports_its_agreement(resnet, eager_mapset, monkeypa
     assert min_agreement(eager_mapset, ms) > 0.9
 
 
+def test_estimated_agreement_hand_computed():
+    """Three channels, one checked: its error is scaled by sqrt(E / E_checked) and r is numpy's."""
+    import numpy as np
+
+    from polycam_explorer.probes import estimated_agreement
+
+    acts = torch.tensor([[[2.0, 0, 0]], [[0, 1.0, 0]], [[0, 0, 1.0]]])
+    checked = torch.tensor([True, False, False])
+    w_low = torch.tensor([1.0, 1.0, 3.0])
+    scale = (6 / 4) ** 0.5
+    want = np.corrcoef([2.0, 1.0, 3.0], [2 * (1 - scale * (1 - 0.5)), 1.0, 3.0])[0, 1]
+    assert estimated_agreement(acts, checked, w_low, torch.tensor([0.5])) == pytest.approx(want, abs=1e-6)
+    assert want < 0.99
+    assert estimated_agreement(acts, checked, w_low, torch.tensor([1.0])) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_estimated_agreement_when_the_checked_channels_map_is_empty():
+    """A class the checked channels barely move: in reduced precision their weights are all 0, in fp32
+    one is 0.01. Their own maps ([0, 0, 0] against [0.01, 0, 0]) would read r = 0; the layer's map
+    does not change: r = 0.9999."""
+    import numpy as np
+
+    from polycam_explorer.probes import estimated_agreement
+
+    acts = torch.eye(3)[:, None, :]
+    checked = torch.tensor([True, False, False])
+    w_low = torch.tensor([0.0, 1.0, 2.0])
+    r = estimated_agreement(acts, checked, w_low, torch.tensor([0.01]))
+    assert r == pytest.approx(np.corrcoef([0, 1, 2], [0.01 * 3 ** 0.5, 1, 2])[0, 1], abs=1e-9)
+    assert r > 0.9999
+
+
+def test_precision_agreement_of_fp32_scores_is_one_and_sees_a_checked_error(resnet, eager_mapset):
+    """Through the re-probing itself: the exact scores agree with themselves; the top class's PCAM-
+    weights zeroed on every checked channel lower r, but not to the 0 its checked channels alone
+    would read."""
+    from polycam_explorer.models import probabilities
+    from polycam_explorer.probes import LayerScores, energy_order, plan_layer, precision_agreement
+
+    net, x = resnet
+    ms = eager_mapset
+    acts = ms.activations[-1]
+    plan = plan_layer(acts)
+    plus, minus = ms.scores(len(ms.layers) - 1)
+    f_zero = probabilities(net(torch.zeros_like(x)))[0]
+
+    def agreement(scores):
+        return precision_agreement(net, x, acts, plan, scores, ms.probs, ms.probs, f_zero, batch_size=16)
+
+    assert agreement(LayerScores(plus, minus)) == pytest.approx(1.0, abs=1e-6)
+    checked = torch.isin(plan.inverse, energy_order(acts, plan)[:32])
+    top = int(ms.probs.argmax())
+    assert bool((minus[checked, top] < ms.probs[top]).any())  # fp32's checked PCAM- map is not empty
+    moved = minus.clone()
+    moved[checked, top] = ms.probs[top]  # ReLU(s0 - S-) = 0 on every checked channel
+    assert 0.0 < agreement(LayerScores(plus, moved)) < 0.9999
+
+
 def test_embedded_model_default_path_gives_the_eager_maps():
     """The embedded EfficientNet-Lite0 at 64x64 (a few thousand probes): auto against eager."""
     model = pe.load_model()
