@@ -6,7 +6,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -37,6 +37,40 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_new(save: Callable[[Path], None], next_name: Callable[[], Path]) -> Path:
+    """Write a file under a name no other writer holds, and return that name.
+
+    ``save(tmp)`` writes the whole file to a private temporary path in ``next_name()``'s folder;
+    the file is then hard-linked to ``next_name()`` (``os.link`` never replaces), which is asked
+    again whenever another process or thread took that name in the meantime. Where the folder has
+    no hard links (FAT, some network folders) the name is reserved by an exclusive create and the
+    file renamed onto it. Nothing is left behind on failure (:func:`atomic_write`'s terms).
+
+    Raises:
+        OSError: the folder cannot be written, or 1000 names in a row were taken.
+    """
+    first = next_name()
+    tmp = first.with_name(f".{first.name}.{secrets.token_hex(8)}.new")
+    try:
+        save(tmp)
+        for _ in range(1000):
+            path = next_name()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links on this file system
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, path)
+            return path
+        raise FileExistsError(f"no free name near {first} after 1000 tries")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:

@@ -156,3 +156,41 @@ def test_an_export_is_of_one_view_when_the_image_changes_meanwhile(ms, tiny_mode
             assert same(during.read_text()) == same(before.read_text())
     finally:
         ex.close()
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_two_explorers_exporting_the_same_name_at_once_keep_both_files(ms, tmp_path, monkeypatch, fmt):
+    """Two explorers (two users of one server) export the same image into one folder at the same
+    instant: each picks the next free number before the other has written. Both files must stay."""
+    from polycam_explorer.explorer.views import export as export_module
+
+    folder = tmp_path / "exports"
+    explorers = [pe.Explorer({"cat": ms}, size=SIZE, export_dir=folder) for _ in range(2)]
+    both_drawn = threading.Barrier(2, timeout=20)
+    saver = (export_module.render, "save_png") if fmt == "png" else (export_module.figure, "save")
+    real = getattr(*saver)
+
+    def after_both(*args, **kwargs):  # each has chosen its name and drawn its file
+        both_drawn.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(*saver, after_both)
+    paths, failures = [], []
+
+    def export(ex):
+        try:
+            paths.append(ex.export.png() if fmt == "png" else ex.export.figure("svg"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+    try:
+        threads = [threading.Thread(target=export, args=(ex,)) for ex in explorers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not failures, failures
+        assert len(set(paths)) == 2 and all(p.is_file() and p.stat().st_size > 0 for p in paths)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths)  # no temporary left
+    finally:
+        for ex in explorers:
+            ex.close()

@@ -14,7 +14,7 @@ import traitlets as T
 
 from ..cancel import Cancelled
 from ..explorer.jobs import Job, one_torch_thread
-from ..explorer.views.export import download_link, export_folder, unique_path
+from ..explorer.views.export import download_link, export_folder, save_numbered
 from .index import Index, Row
 from .report import write_report
 
@@ -72,8 +72,9 @@ class ReportPanel(W.HBox):
         """The worker: writes the report and records the outcome (path, status line)."""
         try:
             with one_torch_thread():  # one map per row: leave the other core to the grid
-                path = write_report(index, rows, unique_path(export_folder(self.export_dir), "atlas_report", ".html"),
-                                    variant=variant, progress=self.job.report, cancel=self.job.stop)
+                path = save_numbered(export_folder(self.export_dir), "atlas_report", ".html",
+                                     lambda tmp: write_report(index, rows, tmp, variant=variant,
+                                                              progress=self.job.report, cancel=self.job.stop))
         except Cancelled:  # the report's, or the job's
             self._outcome = (f"report cancelled after {self.job.done} of {len(rows)} images: "
                              "no file written")

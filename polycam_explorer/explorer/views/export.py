@@ -14,13 +14,13 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import ipywidgets as W
 import numpy as np
 
 from ... import figure, render
-from ...files import atomic_write
+from ...files import atomic_write, write_new
 from ...mapset import MapSet
 from .. import frames
 from ..jobs import Jobs
@@ -66,6 +66,12 @@ def unique_path(folder: Path, stem: str, suffix: str) -> Path:
     taken = [int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*{suffix}")
              if (m := re.fullmatch(re.escape(stem) + r"_(\d+)" + re.escape(suffix), p.name))]
     return folder / f"{stem}_{max(taken, default=0) + 1}{suffix}"
+
+
+def save_numbered(folder: Path, stem: str, suffix: str, save: Callable[[Path], object]) -> Path:
+    """Write a new export ``folder/stem_N.suffix`` (:func:`unique_path`) with ``save(path)``; two
+    explorers exporting the same name at the same instant get two numbers, never one file."""
+    return write_new(save, lambda: unique_path(folder, stem, suffix))
 
 
 def glob_escape(text: str) -> str:
@@ -206,8 +212,8 @@ class ExportView:
         scale = frames.print_scale(shot.view.mode, shot.view.cmap, (ms.class_names[a], ms.class_names[b]))
         fig = figure.figure(self.print_tiles(shot), self.captions(shot), scale)
         stem = self._stem(shot) + (f"_{dpi}dpi" if fmt == "png" else "")
-        path = unique_path(export_folder(self.export_dir), stem, f".{fmt}")
-        figure.save(fig, path, fmt, dpi=dpi)
+        path = save_numbered(export_folder(self.export_dir), stem, f".{fmt}",
+                             lambda tmp: figure.save(fig, tmp, fmt, dpi=dpi))
         self.link.value = download_link(path)
         return path
 
@@ -226,8 +232,8 @@ class ExportView:
         scale = frames.scale_pixels(shot.view.mode, shot.view.cmap, max(12, shown[0].shape[0]))
         if scale is not None:
             pixels = render.beside(pixels, scale)
-        path = unique_path(export_folder(self.export_dir), self._stem(shot), ".png")
-        render.save_png(pixels, path)
+        path = save_numbered(export_folder(self.export_dir), self._stem(shot), ".png",
+                             lambda tmp: render.save_png(pixels, tmp))
         self.link.value = download_link(path)
         return path
 
@@ -246,11 +252,15 @@ class ExportView:
         arrays["image"] = np.array(name)
         arrays["frame_size"] = np.array(self.store.frame_size(name))  # the photo's (H, W): maps resize onto it
         arrays["class_names"] = np.array([ms.class_names[p.class_idx] for p in panels])
-        path = unique_path(export_folder(self.export_dir), self._stem(shot), ".maps.npz")
-        with atomic_write(path) as f:
-            np.savez_compressed(f, **arrays)
+        path = save_numbered(export_folder(self.export_dir), self._stem(shot), ".maps.npz",
+                             lambda tmp: _save_npz(tmp, arrays))
         self.link.value = download_link(path)
         return path
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)
 
 
 def download_link(path: Path) -> str:
