@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from PIL import Image
+
 
 class Corrupt(Exception):
     """What is wrong with a file that is ours but damaged (made a ValueError naming the file)."""
@@ -62,6 +64,9 @@ def check_header(h: dict) -> None:
     need(frame is None or (isinstance(frame, list) and len(frame) == 2 and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in frame)),
           f"header 'frame' must be null or [H, W] positive ints, got {short(frame)}")
+    limit = Image.MAX_IMAGE_PIXELS  # the frame is a photo's size, and photos are read under this limit
+    need(frame is None or not limit or frame[0] * frame[1] <= limit,
+         f"header 'frame' is {short(frame)}: over {limit} pixels, PIL's limit for a photo (Image.MAX_IMAGE_PIXELS)")
 
 
 def check_image(shape: tuple, channels: int) -> None:

@@ -708,6 +708,16 @@ def test_the_photo_frame_is_saved_and_older_files_have_none(tmp_path, tiny_model
     assert pe.MapSet.load(tmp_path / "none.mapset.npz").frame is None
 
 
+@pytest.mark.parametrize("frame", [[10 ** 30, 10 ** 30], [1, 10 ** 9], [2 ** 63, 2]])
+def test_a_frame_larger_than_any_photo_is_corrupt(base, tmp_path, frame) -> None:
+    """A hand-edited frame of 10^30 x 10^30 would have a full-resolution export allocate it."""
+    path = tmp_path / "big.mapset.npz"
+    base.save(path)
+    rewrite(path, _set("frame", frame))
+    with pytest.raises(ValueError, match=r"corrupt map-set file .*header 'frame' is .*over \d+ pixels"):
+        pe.MapSet.load(path)
+
+
 def test_mapset_for_records_the_photos_frame(tmp_path, tiny_model) -> None:
     picture = (np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8)
     first = pe.mapset_for(picture, tiny_model, cache_dir=tmp_path, progress=False)
