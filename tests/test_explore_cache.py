@@ -227,6 +227,21 @@ def test_cancel_drops_queued_images(tiny_model, tmp_path, opened):
     assert not ex.runner.queue
 
 
+def test_a_closed_explorer_sweeps_nothing_more(tiny_model, tmp_path):
+    """After close, an image submitted (by code, or an upload decoded late) is refused, not swept
+    in the background of an explorer nobody sees; a sweep stopped by the stop button does restart."""
+    ex = pe.explore(_images(1, seed=3), model=tiny_model, cache_dir=tmp_path, panel_size=SIZE, wait=True)
+    runner = ex.runner
+    runner.cancel()  # the stop button: later images still sweep
+    runner.submit("again", _images(1, seed=5)[0])
+    runner.wait(30)
+    assert "again" in ex.mapsets
+    ex.close()
+    with pytest.raises(RuntimeError, match="cannot sweep 'late': this explorer is closed"):
+        runner.submit("late", _images(1, seed=4)[0])
+    assert not runner.busy and not runner.queue and "late" not in ex.store.names()
+
+
 def test_a_successful_draw_clears_an_earlier_error(tiny_model, tmp_path, opened):
     ex = pe.explore(_images(1, seed=3), model=tiny_model, cache_dir=tmp_path, panel_size=SIZE, wait=True)
     opened.append(ex)

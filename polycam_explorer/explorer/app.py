@@ -291,7 +291,7 @@ class Explorer(W.VBox):
         if "jobs" not in self.__dict__:  # the constructor raised; Widget.__del__ still calls close()
             super().close()
             return
-        self.jobs.cancel()
+        self.jobs.close()
         self.jobs.draws.close()
         self.store.clear()
         for widget in descendants(self):

@@ -66,6 +66,7 @@ class SweepRunner:
         # the worker decides to finish and submit decides to start one under this lock, so an
         # image submitted just as the worker finds the queue empty is never left in the queue
         self._lock = threading.Lock()
+        self.closed = False  # under _lock: set by close(), for good
 
     @property
     def busy(self) -> bool:
@@ -86,10 +87,22 @@ class SweepRunner:
             self.stop.set()
             self.queue.clear()
 
+    def close(self) -> None:
+        """Stop for good (the explorer is closed): :meth:`cancel`, and refuse later images."""
+        with self._lock:
+            self.closed = True
+        self.cancel()
+
     def submit(self, name: str, image: ImageLike, *, show: bool = False) -> None:
         """Queue an image; ``show`` puts it on screen as soon as its first depth is ready, and
-        sweeps it at once (any other sweep pauses)."""
+        sweeps it at once (any other sweep pauses).
+
+        Raises:
+            RuntimeError: the runner is closed (its explorer was closed): nothing is swept.
+        """
         with self._lock:
+            if self.closed:
+                raise RuntimeError(f"cannot sweep {name!r}: this explorer is closed")
             self.queue.append((name, image, show))
             if show:  # before any thread can take it: _still_wanted asks at its first map
                 self.wanted = name

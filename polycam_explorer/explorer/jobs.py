@@ -258,6 +258,12 @@ class Jobs:
         if self.runner is not None:
             self.runner.cancel()
 
+    def close(self) -> None:
+        """:meth:`cancel`, and the sweep runner takes no more images."""
+        self.cancel()
+        if self.runner is not None:
+            self.runner.close()
+
 
 class JobTab:
     """A tab that computes a result on demand for the main panel: a button, a cancel button, a
