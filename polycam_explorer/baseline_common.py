@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cancel import CancelFlag, Cancelled, cancel_check
+from .images import check_image
 from .layers import check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .models import Classifier, as_classifier, probabilities
@@ -30,11 +31,10 @@ def optional_batch(value: object) -> int | None:
 
 def prepare(model: nn.Module, x: torch.Tensor, class_idx: int) -> tuple[nn.Module, torch.Tensor, int]:
     """The network, a detached copy of ``x`` on its device, and ``class_idx`` checked against its outputs."""
-    net = as_classifier(model).net
+    clf = as_classifier(model)
+    net = clf.net
     device = module_device(net)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be one normalised float image of shape 1 x C x H x W, got {shape}")
+    check_image(x, clf.channels)
     if isinstance(class_idx, bool):
         raise TypeError("class_idx must be an int, got bool")
     try:

@@ -14,6 +14,7 @@ from .cancel import cancel_check
 from .layers import float_dtype, capture_activations, check_layers, describe_layers, module_device
 from .model_state import inference_state
 from .identity import fingerprint_in_background, last_fingerprint
+from .images import check_image
 from .models import as_classifier, probabilities
 from .probes import LayerScores, plan_layer, precision_agreement, sweep
 
@@ -213,23 +214,7 @@ def _class_names(clf, n_classes: int) -> list[str]:
 
 
 def _check_input(x: torch.Tensor, clf) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W (see pe.load_image), "
-                        f"got {type(x).__name__}")
-    if x.dim() == 3:
+    if isinstance(x, torch.Tensor) and x.dim() == 3:
         x = x[None]
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"x must have shape 1 x C x H x W (one image), got {tuple(x.shape)}")
-    if x.shape[1] != clf.channels:
-        raise ValueError(f"x has {x.shape[1]} channels but the model takes {clf.channels}; "
-                         "pe.load_image converts grayscale and RGBA images")
-    if min(x.shape[-2:]) < 8:
-        raise ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; at least 8 x 8 is needed")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    if x.is_meta:
-        raise ValueError("x is on the meta device: it has a shape but no values; give an image with values "
-                         "(see pe.load_image)")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values")
+    check_image(x, clf.channels, min_side=8, needed_by="the sweep")
     return x

@@ -57,13 +57,31 @@ def load_image(image: ImageLike, model: nn.Module | None = None, *,
     return x[None].contiguous()
 
 
-def check_image(x: torch.Tensor) -> None:
-    """``x`` is one floating-point image tensor ``1 x C x H x W``, or a TypeError / ValueError saying so."""
+def check_image(x: torch.Tensor, channels: int | None = None, *, min_side: int = 1, needed_by: str = "this",
+                name: str = "x") -> None:
+    """``x`` is one finite floating-point image tensor ``1 x C x H x W``, with ``channels`` channels
+    and sides of at least ``min_side`` pixels (what ``needed_by`` needs), or a TypeError /
+    ValueError naming what is wrong and what is accepted. The one check of an image tensor given to
+    the sweep, the metrics and the robustness checks."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape 1 x C x H x W, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[0] != 1 or not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor of shape 1 x C x H x W, got {x.dtype} "
-                         f"{tuple(x.shape)}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape 1 x C x H x W (see pe.load_image), "
+                        f"got {type(x).__name__}")
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device: it has a shape but no values; give an image with values "
+                         "(see pe.load_image)")
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"{name} must have shape 1 x C x H x W (one image), got {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels but the model takes {channels}; pe.load_image converts "
+                         "grayscale and RGBA images")
+    h, w = x.shape[-2:]
+    if min(h, w) < min_side:
+        raise ValueError(f"{name} is {h} x {w} pixels; {needed_by} needs at least {min_side} x {min_side} pixels")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
 
 def image_frame(
 image: ImageLike) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .images import check_image
 from .layers import float_dtype
 from .model_state import inference_state
 from .models import as_classifier, probabilities
@@ -67,22 +68,12 @@ def _count(value: object) -> int | None:
 
 def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: int, channels: int,
            which: str = "") -> None:
-    if not isinstance(x, torch.Tensor) or not isinstance(saliency, torch.Tensor):
-        raise TypeError(f"x{which} and saliency{which} must be torch tensors, got {type(x).__name__} and "
-                        f"{type(saliency).__name__}")
-    for name, t in (("x", x), ("saliency", saliency)):
-        if t.is_meta:
-            raise ValueError(f"{name}{which} is on the meta device (a shape without values): give a tensor with data")
-    if x.dim() != 4 or x.shape[0] != 1 or not torch.is_floating_point(x):
-        raise ValueError(f"x{which} must be a floating-point tensor of shape 1 x C x H x W, got {x.dtype} "
-                         f"{tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise ValueError(f"x{which} has {x.shape[1]} channels but the model takes {channels}; pe.load_image "
-                         "converts grayscale and RGBA images")
+    check_image(x, channels, min_side=6, needed_by="the blurred baseline (an 11 x 11 Gaussian)", name=f"x{which}")
+    if not isinstance(saliency, torch.Tensor):
+        raise TypeError(f"saliency{which} must be a torch tensor, got {type(saliency).__name__}")
+    if saliency.is_meta:
+        raise ValueError(f"saliency{which} is on the meta device (a shape without values): give a tensor with data")
     h, w = x.shape[-2:]
-    if min(h, w) < 6:
-        raise ValueError(f"x{which} is {h} x {w} pixels; the blurred baseline (an 11 x 11 Gaussian) needs at least "
-                         "6 x 6 pixels")
     if tuple(saliency.shape[-2:]) != (h, w) or saliency.numel() != h * w:
         raise ValueError(f"saliency{which} must be {h} x {w} like the image, got {tuple(saliency.shape)}")
     if saliency.is_complex():
@@ -91,8 +82,6 @@ def _check(x: torch.Tensor, saliency: torch.Tensor, n_steps: int, batch_size: in
     if bad:
         raise ValueError(f"saliency{which} has {bad} non-finite values (NaN or inf): a saliency map must be finite "
                          "(a NaN would be ranked as the most salient pixel)")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"x{which} contains NaN or infinite values")
     if _count(n_steps) is None or not 1 <= n_steps <= h * w:
         raise ValueError(f"n_steps must be an int in 1..{h * w}, got {n_steps!r}")
     if _count(batch_size) is None or batch_size < 1:

@@ -16,6 +16,7 @@ from polycam_explorer import render
 from polycam_explorer.robustness import (Group, RandomizationStep, cascading_randomization,
                                          iter_cascading_randomization, parameter_groups, randomization_groups,
                                          randomization_strip)
+from polycam_explorer.baselines import saliency as baseline_saliency
 from polycam_explorer.sensitivity import sensitivity_max
 
 LAYER_ORDER = ["features.0", "features.2", "features.4", "fc"]  # parameterised layers, forward order
@@ -256,3 +257,33 @@ def test_explicit_group_objects_are_taken_as_given(tiny_model, tiny_x):
     assert [s.name for s in steps] == ["rest", "first"] and steps[1].modules == ("features.0", "features.2")
     with pytest.raises(ValueError, match="groups"):
         cascading_randomization(tiny_model, tiny_x, 1, grey, groups=[Group("x", ("features.1",))])
+
+
+def _nan_image(x):
+    x = x.clone()
+    x[0, 0, 2, 3] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("bad, message", [
+    (_nan_image, "x contains NaN or infinite values"),
+    (lambda x: x.to("meta"), "x is on the meta device"),
+    (lambda x: x.repeat(2, 1, 1, 1), r"x must have shape 1 x C x H x W \(one image\)"),
+    (lambda x: x.to(torch.int64), "x must be a floating-point tensor"),
+])
+@pytest.mark.parametrize("entry", ["compute_mapset", "deletion", "cascading_randomization", "sensitivity_max",
+                                   "gradcam", "rise"])
+def test_every_entry_point_names_a_bad_image_alike(tiny_model, tiny_x, bad, message, entry):
+    """One image check (images.check_image) for the sweep, the metrics, the baselines and the robustness checks:
+    the same bad image gets the same words from each, before any work."""
+    x = bad(tiny_x)
+    calls = {
+        "compute_mapset": lambda: pe.compute_mapset(tiny_model, x, progress=False),
+        "deletion": lambda: pe.deletion(tiny_model, x, torch.rand(16, 16), 0, 4),
+        "cascading_randomization": lambda: cascading_randomization(tiny_model, x, 0, grey),
+        "sensitivity_max": lambda: sensitivity_max(lambda xi, c: grey(tiny_model, xi, c), x, 0, n_perturb=2),
+        "gradcam": lambda: baseline_saliency("gradcam", tiny_model, x, 0),
+        "rise": lambda: baseline_saliency("rise", tiny_model, x, 0, n_masks=8),
+    }
+    with pytest.raises(ValueError, match=message):
+        calls[entry]()
