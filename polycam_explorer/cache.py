@@ -3,10 +3,13 @@
 The cache never loses work and never changes results: a cache folder that cannot be written (read
 only, a file in its place, a full disk) is a :class:`CacheWriteWarning` and the computed map set is
 returned; entries are read only in the current map-set format (fp16 scaled per channel and class,
-see :mod:`polycam_explorer.mapset_io`), so a cache hit gives the maps of a fresh sweep.
+see :mod:`polycam_explorer.mapset_io`), so a cache hit gives the maps of a fresh sweep. An entry
+records the key it was stored under and is read only under that key, for that very input tensor:
+a file copied, renamed or linked onto another entry's name is a miss, never another image's maps.
 """
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import os
@@ -23,6 +26,7 @@ from .mapset import MapSet
 from .files import cache_dir
 from .identity import model_fingerprint, one_model
 
+_KEY = "cache_key"  # the stats entry in which a cache file records the key it was stored under
 MIN_FREE_BYTES = 1 << 20  # below this much free space, a map set (VGG16 at 224: ~10 MB) will not fit
 
 
@@ -47,16 +51,24 @@ def cached(model: torch.nn.Module, layers: Optional[Sequence[str]], x: torch.Ten
            folder: str | os.PathLike | None = None, device=None) -> Optional[MapSet]:
     """The cached map set for this model, layers and image, or None (a damaged file is ignored).
 
+    An entry is used only if it is what :func:`store` wrote under this key: complete, recording this
+    key, of this very input tensor and these layers. Another entry copied, renamed or linked to
+    this name, a partial map set or a file written by hand is a miss (recomputed and replaced).
+
     Its labels and model name are ``model``'s (the key, the network's fingerprint, ignores labels: an
     entry filled under other labels gives this model's)."""
     from .models import as_classifier
 
-    path = cache_dir(folder) / f"{cache_key(model, layers, x)}.mapset.npz"
+    key = cache_key(model, layers, x)
+    path = cache_dir(folder) / f"{key}.mapset.npz"
     try:
         if not path.is_file():
             return None
-        ms = MapSet.load(path, device, model=model, current_version_only=True)
+        ms = MapSet.load(path, device, model=model, layers=layers, current_version_only=True)
     except (ValueError, OSError):  # unreadable, damaged, older format or another model: a miss
+        return None
+    if not (ms.complete and ms.stats.pop(_KEY, None) == key and ms.image.shape == x.shape
+            and torch.equal(ms.image.cpu(), x.detach().float().cpu())):
         return None
     clf = as_classifier(model)
     ms.class_names, ms.model_name = [clf.class_name(i) for i in range(ms.num_classes)], clf.name
@@ -77,9 +89,12 @@ def store(ms: MapSet, model: torch.nn.Module, layers: Optional[Sequence[str]], x
     if not ms.complete:
         raise ValueError("only complete map sets are cached")
     # the map set carries the model's fingerprint: not hashed again (0.1 s for VGG16)
-    path = cache_dir(folder) / f"{cache_key(model, layers, x, model_id=ms.model_id)}.mapset.npz"
+    key = cache_key(model, layers, x, model_id=ms.model_id)
+    path = cache_dir(folder) / f"{key}.mapset.npz"
+    entry = copy.copy(ms)  # the file records its key (checked when read); the caller's stats stay as they are
+    entry.stats = {**ms.stats, _KEY: key}
     try:
-        ms.save(path, fp16=True)
+        entry.save(path, fp16=True)
     except OSError as exc:
         _warn_unwritable(path.parent, exc, "this map set was not cached")
         return None

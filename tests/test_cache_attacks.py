@@ -12,6 +12,10 @@ allocates without bound; nothing half-written is left on disk.
    global, a hook object's settings, a global forward hook or pre-hook; and the changes that
    already held (weights, BatchNorm statistics, swapped activations, a forward hook, a patched
    forward, a parametrization, a wrapper, a class redefined with another forward, flags).
+2. A cache entry that is not what its name says: another entry linked, copied or renamed onto it,
+   a partial map set, one of other layers; a photo file changed under its name (other pixels,
+   size, EXIF rotation, grayscale); a damaged entry, a folder in its place, a full disk.
+3. Real processes filling one entry at once.
 """
 from __future__ import annotations
 
@@ -368,3 +372,130 @@ def test_a_cyclic_object_graph_is_described_without_recursing_forever() -> None:
     before = pe.model_fingerprint(net)
     a.t = 3.0
     assert pe.model_fingerprint(net) != before
+
+
+# ----- 2. entries that are not what their name says ---------------------------------------------
+def _entry(model, photo=PHOTO, layers=None, folder=None) -> Path:
+    return folder / f"{cache.cache_key(model, layers, pe.load_image(photo, model))}.mapset.npz"
+
+
+@pytest.mark.parametrize("how", ["symlink", "copy", "rename", "hard link"])
+def test_another_entry_under_this_name_is_a_miss_and_is_replaced(how, tmp_path) -> None:
+    model = classifier(TinyNet())
+    pe.mapset_for(OTHER_PHOTO, model, cache_dir=tmp_path, progress=False)
+    other, mine = _entry(model, OTHER_PHOTO, folder=tmp_path), _entry(model, folder=tmp_path)
+    {"symlink": lambda: mine.symlink_to(other), "copy": lambda: mine.write_bytes(other.read_bytes()),
+     "rename": lambda: other.rename(mine), "hard link": lambda: os.link(other, mine)}[how]()
+    assert_same_maps(pe.mapset_for(PHOTO, model, cache_dir=tmp_path, progress=False), fresh(model))
+    assert mine.is_file() and not mine.is_symlink()
+    if how != "rename":  # the other entry is left as it was, and still serves its own photo
+        assert_same_maps(pe.mapset_for(OTHER_PHOTO, model, cache_dir=tmp_path, progress=False),
+                         fresh(model, OTHER_PHOTO))
+
+
+def test_an_entry_of_other_layers_or_another_layer_rule_is_a_miss(tmp_path) -> None:
+    model = classifier(TinyNet())
+    two = ["features.3", "features"]
+    pe.mapset_for(PHOTO, model, layers=two, cache_dir=tmp_path, progress=False)
+    # the entry of two layers under the name of the discovered layers, and of the other two
+    _entry(model, folder=tmp_path).write_bytes(_entry(model, layers=two, folder=tmp_path).read_bytes())
+    _entry(model, layers=["features.1", "features"], folder=tmp_path).write_bytes(
+        _entry(model, layers=two, folder=tmp_path).read_bytes())
+    assert_same_maps(pe.mapset_for(PHOTO, model, cache_dir=tmp_path, progress=False), fresh(model))
+    got = pe.mapset_for(PHOTO, model, layers=["features.1", "features"], cache_dir=tmp_path, progress=False)
+    assert_same_maps(got, fresh(model, layers=["features.1", "features"]))
+
+
+def test_a_partial_map_set_under_the_name_is_a_miss(tmp_path) -> None:
+    model = classifier(TinyNet())
+    full = fresh(model)
+    partial = pe.MapSet(image=full.image, layers=full.layers, activations=full.activations, s0=full.probs,
+                        class_names=full.class_names, model_id=full.model_id, mean=full.mean, std=full.std,
+                        stats={"cache_key": cache.cache_key(model, None, full.image)})
+    from polycam_explorer.probes import LayerScores
+    partial.set_scores(2, LayerScores(*full.scores(2)))
+    partial.save(_entry(model, folder=tmp_path), fp16=True)
+    got = pe.mapset_for(PHOTO, model, cache_dir=tmp_path, progress=False)
+    assert got.complete
+    assert_same_maps(got, full)
+
+
+@pytest.mark.parametrize("how", ["other pixels, same name", "another size", "rotated by EXIF", "grayscale file"])
+def test_a_photo_file_changed_under_its_name_gives_its_own_maps(how, tmp_path) -> None:
+    from PIL import Image
+
+    model, photo = classifier(TinyNet()), tmp_path / "photo.png"
+    Image.fromarray(PHOTO).save(photo)
+    pe.mapset_for(photo, model, cache_dir=tmp_path / "cache", progress=False)
+    size = None
+    if how == "other pixels, same name":
+        Image.fromarray(OTHER_PHOTO).save(photo)
+    elif how == "another size":
+        size = 24
+    elif how == "rotated by EXIF":
+        photo = tmp_path / "photo.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees when shown
+        Image.fromarray(PHOTO).save(photo, exif=exif, quality=100)
+    else:
+        photo = tmp_path / "photo_gray.png"
+        Image.fromarray(PHOTO).convert("L").save(photo)
+    got = pe.mapset_for(photo, model, size=size, cache_dir=tmp_path / "cache", progress=False)
+    assert_same_maps(got, pe.compute_mapset(model, pe.load_image(photo, model, size=size), progress=False))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "folder", "dangling symlink"])
+def test_a_damaged_entry_gives_the_fresh_maps(damage, tmp_path) -> None:
+    model = classifier(TinyNet())
+    pe.mapset_for(PHOTO, model, cache_dir=tmp_path, progress=False)
+    path = _entry(model, folder=tmp_path)
+    data = path.read_bytes()
+    path.unlink()
+    {"truncated": lambda: path.write_bytes(data[: len(data) // 2]), "empty": lambda: path.write_bytes(b""),
+     "folder": path.mkdir, "dangling symlink": lambda: path.symlink_to(tmp_path / "gone")}[damage]()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = pe.mapset_for(PHOTO, model, cache_dir=tmp_path, progress=False)
+    assert_same_maps(got, fresh(model))
+    if damage == "folder":  # cannot be replaced: said, and left alone
+        assert any(issubclass(w.category, cache.CacheWriteWarning) for w in caught)
+        assert path.is_dir()
+    else:
+        assert path.is_file() and not path.is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_leaves_nothing_and_gives_the_fresh_maps(tmp_path) -> None:
+    folder = tmp_path / "small"
+    with tmpfs(folder, "size=64k") as mounted:
+        if not mounted:
+            pytest.fail("this test needs a real tmpfs (root with mount rights), as tests/conftest.py's tmpfs")
+        (folder / "filler").write_bytes(bytes(60 * 1024))
+        with pytest.warns(cache.CacheWriteWarning):
+            got = pe.mapset_for(PHOTO, classifier(TinyNet()), cache_dir=folder, progress=False)
+        assert sorted(p.name for p in folder.iterdir()) == ["filler"]
+    assert_same_maps(got, fresh(classifier(TinyNet())))
+
+
+# ----- 3. processes filling one entry at once ---------------------------------------------------
+FILL = """
+import sys, numpy as np, torch
+sys.path[:0] = [{tests!r}]
+import polycam_explorer as pe
+from test_cache_attacks import PHOTO, classifier, TinyNet
+sys.stdin.readline()  # all start together
+ms = pe.mapset_for(PHOTO, classifier(TinyNet()), cache_dir={folder!r}, progress=False)
+print(repr(ms.probs.tolist()))
+"""
+
+
+def test_processes_filling_one_entry_at_once_leave_one_whole_entry(tmp_path) -> None:
+    code = FILL.format(tests=str(Path(__file__).parent), folder=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate("go\n", timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert len({out for out, _ in outs}) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [_entry(classifier(TinyNet()), folder=tmp_path).name]
+    assert_same_maps(pe.mapset_for(PHOTO, classifier(TinyNet()), cache_dir=tmp_path / "cache", progress=False),
+                     fresh(classifier(TinyNet())))
