@@ -32,8 +32,10 @@ Loading checks the header against one schema (types, lengths) and every array's 
 (none empty; ``s0``, ``S+`` and ``S-`` are probabilities, in [0, 1]) before building the map set; any fault is a ``ValueError`` naming the file: "not a
 polycam-explorer map-set file" for other files, "corrupt map-set file" for damaged or edited ones,
 and a refusal that says loading could run code for files holding pickled objects. An array whose
-header claims more data than the file holds is corrupt before any memory is taken for it, and a file
-too large for the memory is a ``ValueError`` too, not a ``MemoryError``. Saving runs the
+header claims more data than the file holds is corrupt before any memory is taken for it; a file
+whose arrays would take more than an eighth of the memory available once decompressed (a zip bomb:
+a small file inflating to gigabytes) is refused before any is read, and a file too large for the
+memory is a ``ValueError`` too, not a ``MemoryError``. Saving runs the
 same checks first, so a file that loading would refuse is never written.
 """
 from __future__ import annotations
@@ -249,7 +251,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
             members = {m[:-4] if m.endswith(".npy") else m: m for m in zf.namelist()}
-            pickled, foreign = [], []
+            pickled, foreign, total = [], [], 0
             for key, member in members.items():
                 with zf.open(member) as f:
                     try:
@@ -266,6 +268,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 elif math.prod(shape) * dtype.itemsize > held:  # checked before any memory is taken
                     raise ValueError(f"corrupt map-set file {name!r}: the array {key!r} claims shape {shape} "
                                      f"({math.prod(shape) * dtype.itemsize} bytes) but its file holds {held} bytes")
+                total += math.prod(shape) * dtype.itemsize
             if foreign:
                 raise ValueError(f"{not_ours}: it is a zip archive whose members {foreign[:5]} are not "
                                  "NumPy arrays")
@@ -273,6 +276,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 raise ValueError(f"{name!r} is refused: it holds pickled Python objects (arrays "
                                  f"{pickled[:5]}), and loading it could run code; polycam-explorer "
                                  "map-set files hold plain arrays only")
+            budget = schema.memory_budget()  # a zip bomb: a small file whose arrays inflate to gigabytes
+            if total > budget:
+                raise MemoryError(f"its arrays take {total} bytes once decompressed; a map set may take at "
+                                  f"most {budget} bytes here, an eighth of the memory available")
             if "header" not in members:
                 listed = ", ".join(sorted(members)[:8]) or "none"
                 raise ValueError(f"{not_ours}: it has no map-set header (its arrays: {listed})")

@@ -3,6 +3,7 @@ valid map-set file holds (:mod:`polycam_explorer.mapset_io` reads and writes it)
 from __future__ import annotations
 
 import math
+import os
 
 from PIL import Image
 
@@ -89,3 +90,26 @@ def check_probabilities(what: str, x) -> None:
     need(low >= -PROBABILITY_SLACK and high <= 1 + PROBABILITY_SLACK,
          f"{what} holds values in [{low:g}, {high:g}], outside [0, 1]: the scores of a map set are class "
          "probabilities")
+
+
+def memory_budget() -> int:
+    """Bytes a map-set file's arrays may take once decompressed: an eighth of the memory available
+    now (the least of the system's and this process's cgroup's), as decoding fp16 arrays takes
+    several times their size again; 1 GiB where neither can be read."""
+    available = []
+    try:
+        with open("/proc/meminfo") as f:
+            available += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as used:
+            available.append(int(limit.read()) - int(used.read()))
+    except (OSError, ValueError):  # no cgroup v2, or no limit ("max")
+        pass
+    if not available and hasattr(os, "sysconf"):
+        try:
+            available.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            pass
+    return max(min(available), 0) // 8 if available else 1 << 30

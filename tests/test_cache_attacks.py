@@ -16,6 +16,7 @@ allocates without bound; nothing half-written is left on disk.
    a partial map set, one of other layers; a photo file changed under its name (other pixels,
    size, EXIF rotation, grayscale); a damaged entry, a folder in its place, a full disk.
 3. Real processes filling one entry at once.
+4. Map-set files: a zip bomb (a small file inflating to far more than memory allows); odd dtypes.
 """
 from __future__ import annotations
 
@@ -499,3 +500,60 @@ def test_processes_filling_one_entry_at_once_leave_one_whole_entry(tmp_path) -> 
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [_entry(classifier(TinyNet()), folder=tmp_path).name]
     assert_same_maps(pe.mapset_for(PHOTO, classifier(TinyNet()), cache_dir=tmp_path / "cache", progress=False),
                      fresh(classifier(TinyNet())))
+
+
+# ----- 4. map-set files --------------------------------------------------------------------------
+def _inflating(src: Path, dst: Path, key: str, shape: tuple) -> Path:
+    """``src`` with the array ``key`` replaced by honest zeros of ``shape``: a small file (deflate
+    packs zeros about 1000:1) whose array takes ``prod(shape) * 4`` bytes once read."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.namelist():
+            if item != f"{key}.npy":
+                zout.writestr(item, zin.read(item))
+        with zout.open(f"{key}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            zeros = bytes(1 << 20)
+            for _ in range(math.prod(shape) * 4 >> 20):
+                f.write(zeros)
+    return dst
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch) -> None:
+    model = classifier(TinyNet())
+    fresh(model).save(tmp_path / "a.mapset.npz")
+    bomb = _inflating(tmp_path / "a.mapset.npz", tmp_path / "bomb.mapset.npz", "act_0", (24, 1024, 1024))
+    assert bomb.stat().st_size < 1 << 20  # 96 MiB of activations in under 1 MiB
+    monkeypatch.setattr(mapset_schema, "memory_budget", lambda: 32 << 20, raising=False)  # as if 256 MiB free
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"bomb\.mapset\.npz.*too large to load.*1006\d{5} bytes once decompressed"):
+            pe.MapSet.load(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak} bytes taken before refusing"
+    # the cache takes it for a miss and computes the maps
+    monkeypatch.setattr(mapset_schema, "memory_budget", lambda: 32 << 20)
+    entry = _entry(model, folder=tmp_path / "cache")
+    entry.parent.mkdir()
+    entry.write_bytes(bomb.read_bytes())
+    assert_same_maps(pe.mapset_for(PHOTO, model, cache_dir=tmp_path / "cache", progress=False), fresh(model))
+
+
+def test_the_memory_budget_is_a_part_of_the_memory_available() -> None:
+    budget = mapset_schema.memory_budget()
+    assert 0 < budget
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    assert budget <= available // 8 * 1.1
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, ">f4", [("a", "<f4")], np.int64, bool])
+def test_arrays_of_odd_dtypes_are_a_value_error_naming_the_file(dtype, tmp_path) -> None:
+    fresh(classifier(TinyNet())).save(tmp_path / "a.mapset.npz")
+    with np.load(tmp_path / "a.mapset.npz") as data:
+        arrays = dict(data)
+    arrays["act_1"] = np.zeros(arrays["act_1"].shape, dtype)
+    np.savez(tmp_path / "odd.mapset.npz", **arrays)
+    with pytest.raises(ValueError, match=r"odd\.mapset\.npz.*'act_1'.*dtype"):
+        pe.MapSet.load(tmp_path / "odd.mapset.npz")
