@@ -274,7 +274,7 @@ class _Hasher:
             return ("object", kind.__module__, kind.__qualname__)
         self.add_class(kind)  # its methods: a hook's or a callable setting's code
         return ("object", kind.__module__, kind.__qualname__,
-                *[(key, self.describe(v, f"{name}.{key}", depth)) for key, v in sorted(state.items())])
+                *[(str(key), self.describe(v, f"{name}.{key}", depth)) for key, v in sorted(state.items(), key=repr)])
 
 
 _BUILTIN_CALLABLES = (types.BuiltinFunctionType, types.MethodWrapperType, types.WrapperDescriptorType,
@@ -283,8 +283,7 @@ _BUILTIN_CALLABLES = (types.BuiltinFunctionType, types.MethodWrapperType, types.
 
 def _ours(hook: object) -> bool:
     """This package's own hooks live for one call and may be registered by another thread meanwhile."""
-    module = getattr(hook, "__module__", None)
-    return isinstance(module, str) and module.startswith(__package__ + ".")
+    return str(getattr(hook, "__module__", None)).startswith(__package__ + ".")
 
 
 def _state(value: object) -> dict | None:

@@ -366,12 +366,26 @@ def test_the_identity_of_settings_is_the_same_in_every_process() -> None:
     assert seen == {pe.model_fingerprint(Configured())}
 
 
-def test_a_cyclic_object_graph_is_described_without_recursing_forever() -> None:
-    a = types.SimpleNamespace(t=1.0)
+class Touchy:
+    """An object whose unknown attributes raise, and whose ``__dict__`` has a key that is no string."""
+
+    def __init__(self) -> None:
+        self.t = 1.0
+        vars(self)[1] = "one"
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"no {name}")
+
+
+def test_cyclic_and_odd_objects_are_described_without_failing() -> None:
+    a = types.SimpleNamespace(t=1.0, touchy=Touchy())
     a.me = a
     net = Applied(a, lambda s, t: t / s.t)
     before = pe.model_fingerprint(net)
     a.t = 3.0
+    assert pe.model_fingerprint(net) != before
+    before = pe.model_fingerprint(net)
+    a.touchy.t = 3.0
     assert pe.model_fingerprint(net) != before
 
 
