@@ -3,7 +3,9 @@ printed as one line with exit status 2."""
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +54,12 @@ def _int_at_least(low: int, high: int | None = None):
     return parse
 
 
+def _text(text: str) -> str:
+    """An argparse type: a name or path that is not empty (``--out "$UNSET"`` would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must not be empty, got {text!r}")
+    return text
+
 POSITIVE = _int_at_least(1)
 SIZE = _int_at_least(8)  # load_image's smallest size
 PORT = _int_at_least(1, 65535)
@@ -69,15 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="polycam-explorer", description="Poly-CAM saliency maps (ICPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("explain", help="top classes and a Poly-CAM overlay per variant and depth")
-    p.add_argument("image", nargs="?", default=str(SAMPLES / "chelsea.jpg"),
+    p.add_argument("image", nargs="?", default=str(SAMPLES / "chelsea.jpg"), type=_text,
                    help="image file (jpg, png, ...); default: the bundled sample cat")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--class", dest="class_spec", help="class index or name (default: the top prediction)")
+    p.add_argument("--out", required=True, type=_text, help="output folder")
+    p.add_argument("--class", dest="class_spec", type=_text,
+                   help="class index or name (default: the top prediction)")
     p.add_argument("--variant", choices=["+", "-", "+-", "±", "all"], default="all",
                    help="PCAM+, PCAM-, PCAM± or all three (default)")
-    p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
-    p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
-    p.add_argument("--layers", help="comma-separated target layer names (default: discovered)")
+    p.add_argument("--model", type=_text,
+                   help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
+    p.add_argument("--weights", type=_text,
+                   help="local checkpoint path, or a torchvision weights name in the hub cache")
+    p.add_argument("--layers", type=_text, help="comma-separated target layer names (default: discovered)")
     _layer_rule_argument(p)
     _backend_argument(p)
     p.add_argument("--batch-size", type=POSITIVE, help="images per forward pass (default: 64 on a GPU, 16 on a CPU)")
@@ -97,13 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-mapsets", action="store_true", help="also keep each image's map set (fp16 npz)")
     e = sub.add_parser("evaluate", help="insertion / deletion of saliency npz files, csv per method, summary")
     _dataset_arguments(e)
-    e.add_argument("--npz", nargs="+", help="npz files or folders (default: OUT/<model>_*.npz)")
+    e.add_argument("--npz", nargs="+", type=_text, help="npz files or folders (default: OUT/<model>_*.npz)")
     e.add_argument("--n-steps", type=POSITIVE, default=224, help="insertion / deletion steps")
     e.add_argument("--images-per-batch", type=POSITIVE, default=4, help="images whose samples share forward batches")
     s = sub.add_parser("serve", help="open the interactive explorer in the browser (Voila)")
-    s.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
-    s.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
-    s.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
+    s.add_argument("images", nargs="*", type=_text, help="image files (default: the bundled samples)")
+    s.add_argument("--model", type=_text,
+                   help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
+    s.add_argument("--weights", type=_text,
+                   help="local checkpoint path, or a torchvision weights name in the hub cache")
     s.add_argument("--port", type=PORT, default=8866, help="port on 127.0.0.1 (the next free one if taken)")
     s.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     s.add_argument("--idle-kernel-timeout", type=POSITIVE, default=CULL_AFTER_S, metavar="SECONDS",
@@ -111,10 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-kernels", type=POSITIVE, default=MAX_KERNELS, metavar="N",
                    help=f"serve at most N pages (kernels) at once; a closed page's kernel makes room "
                         f"(default: {MAX_KERNELS})")
-    s.add_argument("--atlas", metavar="DIR", help="serve the dataset atlas of DIR's map sets instead (DIR is "
-                                                  "indexed first when it has no index; --model: their model)")
-    s.add_argument("--compare", metavar="DIR2", help="with --atlas: another model's map sets of the same images, "
-                                                     "side by side, sorted by how much the maps disagree")
+    s.add_argument("--atlas", metavar="DIR", type=_text,
+                   help="serve the dataset atlas of DIR's map sets instead (DIR is indexed first when it has no "
+                        "index; --model: their model)")
+    s.add_argument("--compare", metavar="DIR2", type=_text,
+                   help="with --atlas: another model's map sets of the same images, side by side, sorted by how "
+                        "much the maps disagree")
     _backend_argument(s)
     _index_arguments(sub)
     return parser
@@ -122,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _index_arguments(sub) -> None:
     i = sub.add_parser("index", help="index a folder of map sets for the atlas (incremental)")
-    i.add_argument("folder", help="folder of *.mapset.npz files (searched recursively)")
-    i.add_argument("--labels", help="csv of image,label rows, or 'folders' for class-named subfolders "
+    i.add_argument("folder", type=_text, help="folder of *.mapset.npz files (searched recursively)")
+    i.add_argument("--labels", type=_text, help="csv of image,label rows, or 'folders' for class-named subfolders "
                                     "(default: the labels of the previous build)")
-    i.add_argument("--report", metavar="FILE.html",
+    i.add_argument("--report", metavar="FILE.html", type=_text,
                    help="then write a self-contained HTML report of every indexed map set (to share)")
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -158,11 +173,13 @@ def _layer_rule_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _dataset_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
-    p.add_argument("--weights", help="local checkpoint path, or a torchvision weights name in the hub cache")
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--list", dest="list_file", help="file listing the images to use, one per line")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", type=_text,
+                   help="torchvision or timm model name (default: embedded EfficientNet-Lite0)")
+    p.add_argument("--weights", type=_text,
+                   help="local checkpoint path, or a torchvision weights name in the hub cache")
+    p.add_argument("--images", required=True, type=_text, help="folder of images")
+    p.add_argument("--list", dest="list_file", type=_text, help="file listing the images to use, one per line")
+    p.add_argument("--out", required=True, type=_text, help="output folder")
     p.add_argument("--size", type=SIZE, help="resize images to SIZE x SIZE (default: the model's input size)")
     _layer_rule_argument(p)
     _backend_argument(p)
@@ -173,9 +190,12 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
 def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:
     from .runs import file_label
 
+    from .evaluation import names_model
+
     model_name = file_label(model_name)
-    if not args.npz:
-        files = sorted(Path(args.out).glob(f"{model_name}_*.npz"))
+    if not args.npz:  # vgg16_bn_pcamp.npz is vgg16_bn's, not vgg16's
+        files = sorted(f for f in Path(args.out).glob(f"{glob.escape(model_name)}_*.npz")
+                       if names_model(f.stem, model_name))
     else:
         files = []
         for item in map(Path, args.npz):
@@ -186,9 +206,37 @@ def _npz_files(args: argparse.Namespace, model_name: str) -> list[Path]:
     return files
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a job scheduler's stop, a closed terminal), raised where the command is
+    so that it stops as Ctrl-C does: temporary files and the preview removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status: 0, 2 for an error (printed as
-    ``polycam-explorer: error: ...``), 130 when interrupted."""
+    ``polycam-explorer: error: ...``), 130 when interrupted (Ctrl-C), 128 + N when stopped by
+    signal N (SIGTERM: 143, SIGHUP: 129), which stops the command as Ctrl-C does."""
+    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {}
+    try:  # a signal the caller ignores (nohup: SIGHUP) stays ignored
+        previous = {s: signal.signal(s, _stop) for s in stops if signal.getsignal(s) == signal.SIG_DFL}
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
+    try:
+        return _run(argv)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -243,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a folder that became unwritable, ...
         print(f"polycam-explorer: error: {_os_error(exc, args)}{_kept(args)}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"polycam-explorer: stopped by {exc}{_kept(args)}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"polycam-explorer: interrupted{_kept(args)}", file=sys.stderr)
         return 130

@@ -14,10 +14,15 @@ the image name and a hash of the name, the image file's bytes and every setting 
 numbers (model weights, size, batch sizes, layers; for ``evaluate`` also the map itself), so two
 images never share a part and a part of other settings or an older map is never reused. A rerun
 does only what is missing and gives the same bytes as an uninterrupted run; temporary files of
-an interrupted write are removed. The model's name is made safe for file names
-(:func:`runs.file_label`), and list entries must stay inside the image folder (symbolic links inside
-it are followed). ``evaluate`` refuses maps whose metadata says they were made at another input size or
-from other files of the same names (:func:`runs.check_made_from`). Both steps run under ``torchrun
+an interrupted write are removed. A run removes the earlier results it replaces (the summary
+first) only when its own are ready to be written (:func:`runs.remove_results`): OUT never holds a
+mix. A run holds OUT (:func:`runs.claimed`): a second run into it waits for the first to end. The
+model's name is made safe for file names (:func:`runs.file_label`), and list entries must stay
+inside the image folder (symbolic links inside it are followed). ``evaluate`` refuses maps whose
+metadata says they were made at another input size or from other files of the same names
+(:func:`runs.check_made_from`), metadata that is not what ``generate`` writes, maps over
+:data:`runs.MAX_MAP_BYTES`, and files without metadata whose name is not ``{model}_{method}.npz``
+(``vgg16_bn_gradcam.npz`` is not a ``vgg16`` file). Both steps run under ``torchrun
 --nproc-per-node N``: each rank takes every N-th image, writes its own part files, and rank 0 merges
 them after a barrier.
 When the map sets have an atlas index (``generate --save-mapsets`` keeps one in ``OUT/mapsets``),
@@ -25,8 +30,7 @@ When the map sets have an atlas index (``generate --save-mapsets`` keeps one in 
 """
 from __future__ import annotations
 
-import csv
-import io
+import glob
 import json
 import os
 from pathlib import Path
@@ -91,71 +95,80 @@ def generate(model: Classifier, images: str | os.PathLike, methods: Sequence[str
     dist = runs.distributed()
     names = runs.list_images(images, list_file)
     methods = _methods_to_run(methods)
-    out = runs.start_run(out, dist)
     label = runs.file_label(model.name)
-    pcam = [m for m in methods if m in VARIANT_OF]
-    device = module_device(model)
-    settings = {"model_id": model_fingerprint(model), "size": size, "batch_size": batch_size,
-                "layer_rule": getattr(model, "layer_rule", None)}
-    layers_of: dict[tuple, list[str]] = {}
-    digests: dict[str, str] = {}  # each image file's SHA-256, read once
-    with runs.progress_bar(len(names[dist.rank::dist.world]), f"generate ({label})", dist, progress) as bar:
-        for name in names[dist.rank::dist.world]:
-            x = load_image(Path(images) / name, model, size=size)
-            shape = tuple(x.shape[-2:])
-            if shape not in layers_of:
-                layers_of[shape] = find_target_layers(model, shape)
-            digests[name] = runs.image_digest(images, name)
-            parts = _generate_parts(out, label, methods, name, _image_key(settings, digests[name]),
-                                    len(layers_of[shape]), all_depths, save_mapsets)
-            todo = {k: p for k, p in parts.items() if not p.is_file()}
-            if todo:
-                with torch.no_grad():
-                    class_idx = int(probabilities(model(x.to(device))).argmax())
-                if any(k[0] in VARIANT_OF or k[0] == "mapset" for k in todo):
-                    ms = compute_mapset(model, x, layers_of[shape], batch_size=batch_size, progress=False,
-                                        backend=backend)
-                    for (m, depth), path in todo.items():
-                        if m == "mapset":
-                            ms.save(path, fp16=True)
-                        elif m in VARIANT_OF:
-                            sal = ms.saliency(class_idx, VARIANT_OF[m], depth)
-                            runs.write_npy(path, sal.cpu().numpy().astype(np.float32))
-                for (m, _), path in todo.items():
-                    if m not in VARIANT_OF and m != "mapset":
-                        from .baselines import saliency as baseline_saliency
+    with runs.start_run(out, dist) as out:
+        pcam = [m for m in methods if m in VARIANT_OF]
+        device = module_device(model)
+        settings = {"model_id": model_fingerprint(model), "size": size, "batch_size": batch_size,
+                    "layer_rule": getattr(model, "layer_rule", None)}
+        layers_of: dict[tuple, list[str]] = {}
+        digests: dict[str, str] = {}  # each image file's SHA-256, read once
+        with runs.progress_bar(len(names[dist.rank::dist.world]), f"generate ({label})", dist, progress) as bar:
+            for name in names[dist.rank::dist.world]:
+                x = load_image(Path(images) / name, model, size=size)
+                shape = tuple(x.shape[-2:])
+                if shape not in layers_of:
+                    layers_of[shape] = find_target_layers(model, shape)
+                digests[name] = runs.image_digest(images, name)
+                parts = _generate_parts(out, label, methods, name, _image_key(settings, digests[name]),
+                                        len(layers_of[shape]), all_depths, save_mapsets)
+                todo = {k: p for k, p in parts.items() if not p.is_file()}
+                if todo:
+                    with torch.no_grad():
+                        class_idx = int(probabilities(model(x.to(device))).argmax())
+                    if any(k[0] in VARIANT_OF or k[0] == "mapset" for k in todo):
+                        ms = compute_mapset(model, x, layers_of[shape], batch_size=batch_size, progress=False,
+                                            backend=backend)
+                        for (m, depth), path in todo.items():
+                            if m == "mapset":
+                                ms.save(path, fp16=True)
+                            elif m in VARIANT_OF:
+                                sal = ms.saliency(class_idx, VARIANT_OF[m], depth)
+                                runs.write_npy(path, sal.cpu().numpy().astype(np.float32))
+                    for (m, _), path in todo.items():
+                        if m not in VARIANT_OF and m != "mapset":
+                            from .baselines import saliency as baseline_saliency
 
-                        sal = baseline_saliency(m, model, x.to(device), class_idx)
-                        runs.write_npy(path, sal.detach().float().cpu().numpy())
-            bar.update(1)
-    dist.barrier()
-    if dist.rank != 0:
-        return []
-    digests = {n: digests.get(n) or runs.image_digest(images, n) for n in names}  # other ranks' images too
-    meta = {"model": model.name, "model_id": settings["model_id"], "size": runs.input_size(size, model.input_size),
-            "images": len(names), "image_sha256": digests}
-    keys = {n: _image_key(settings, digests[n]) for n in names}
-    if all_depths and pcam and not layers_of:  # this rank had no image
-        shape = tuple(load_image(Path(images) / names[0], model, size=size).shape[-2:])
-        layers_of[shape] = find_target_layers(model, shape)
-    n_depths = {len(v) for v in layers_of.values()}
-    if all_depths and pcam and len(n_depths) > 1:
-        raise ValueError(f"the images have different sizes and so different numbers of layers {sorted(n_depths)}: "
-                         "give a size for --all-depths")
-    stems = [(m, None) for m in methods]
+                            sal = baseline_saliency(m, model, x.to(device), class_idx)
+                            runs.write_npy(path, sal.detach().float().cpu().numpy())
+                bar.update(1)
+        dist.barrier()
+        if dist.rank != 0:
+            return []
+        digests = {n: digests.get(n) or runs.image_digest(images, n) for n in names}  # other ranks' images too
+        meta = {"model": model.name, "model_id": settings["model_id"],
+                "size": runs.input_size(size, model.input_size), "images": len(names), "image_sha256": digests}
+        keys = {n: _image_key(settings, digests[n]) for n in names}
+        if all_depths and pcam and not layers_of:  # this rank had no image
+            shape = tuple(load_image(Path(images) / names[0], model, size=size).shape[-2:])
+            layers_of[shape] = find_target_layers(model, shape)
+        n_depths = {len(v) for v in layers_of.values()}
+        if all_depths and pcam and len(n_depths) > 1:
+            raise ValueError(f"the images have different sizes and so different numbers of layers "
+                             f"{sorted(n_depths)}: give a size for --all-depths")
+        stems = [(m, None) for m in methods]
+        if all_depths:
+            stems += [(m, d) for m in pcam for d in range(1, max(n_depths, default=0) + 1)]
+        runs.remove_results(out, _generated_files(label, methods, all_depths, save_mapsets))
+        written = []
+        for m, depth in stems:
+            stem = f"{label}_{m}" if depth is None else f"{label}_{m}{depth - 1}"
+            paths = {n: runs.part_path(out, stem, n, keys[n], ".npy") for n in names}
+            written.append(_merge_maps(out, stem, paths, dict(meta, method=stem[len(label) + 1:])))
+        if save_mapsets:
+            runs.publish_mapsets(out, {n: runs.part_path(out, "mapsets", n, keys[n], ".mapset.npz") for n in names})
+            from .atlas import build_index  # keep the dataset atlas's index of OUT/mapsets current
+
+            build_index(out / "mapsets", progress=False).close()
+        return written
+
+
+def _generated_files(label: str, methods: Sequence[str], all_depths: bool, save_mapsets: bool) -> list[str]:
+    """The files in OUT a ``generate`` run writes (glob patterns), removed before its merge."""
+    files = [glob.escape(f"{label}_{m}.npz") for m in methods]
     if all_depths:
-        stems += [(m, d) for m in pcam for d in range(1, max(n_depths, default=0) + 1)]
-    written = []
-    for m, depth in stems:
-        stem = f"{label}_{m}" if depth is None else f"{label}_{m}{depth - 1}"
-        paths = {n: runs.part_path(out, stem, n, keys[n], ".npy") for n in names}
-        written.append(_merge_maps(out, stem, paths, dict(meta, method=stem[len(label) + 1:])))
-    if save_mapsets:
-        _publish_mapsets(out, {n: runs.part_path(out, "mapsets", n, keys[n], ".mapset.npz") for n in names})
-        from .atlas import build_index  # keep the dataset atlas's index of OUT/mapsets current
-
-        build_index(out / "mapsets", progress=False).close()
-    return written
+        files += [glob.escape(f"{label}_{m}") + "[0-9]*.npz" for m in methods if m in VARIANT_OF]
+    return files + (["mapsets/index.json"] if save_mapsets else [])
 
 
 def _image_key(settings: dict, image_sha256: str) -> str:
@@ -175,32 +188,6 @@ def _generate_parts(out: Path, label: str, methods: Sequence[str], name: str, ke
     return parts
 
 
-def _publish_mapsets(out: Path, parts: dict[str, Path]) -> None:
-    """Each image's map set at :func:`runs.mapset_file` (a hard link to its part, or a copy) and an index."""
-    import shutil
-
-    index = {}
-    for name, part in parts.items():
-        if not part.is_file():
-            raise RuntimeError(f"no map set of {name!r}: a rank did not finish")
-        target = runs.mapset_file(out, name)
-        index[name] = target.name
-        if target.is_file() and os.path.samefile(part, target):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.link.tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(part, tmp)
-            os.replace(tmp, target)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            with atomic_write(target) as f, open(part, "rb") as src:
-                shutil.copyfileobj(src, f)
-    with atomic_write(out / "mapsets" / "index.json") as f:
-        f.write(json.dumps(index, indent=1).encode())
-
-
 def _merge_maps(out: Path, stem: str, parts: dict[str, Path], meta: dict) -> Path:
     arrays = {}
     for name, part in parts.items():
@@ -212,23 +199,39 @@ def _merge_maps(out: Path, stem: str, parts: dict[str, Path], meta: dict) -> Pat
     return out / f"{stem}.npz"
 
 
-def read_maps(path: str | os.PathLike, model: Classifier | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """The maps of a saliency npz (ours or the authors') and its metadata (empty for theirs).
+def read_maps(path: str | os.PathLike, model: Classifier | None = None, names: Sequence[str] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict]:
+    """The maps of a saliency npz (ours or the authors'; only those of ``names`` when given) and its
+    metadata (empty for theirs). Nothing in it is run (no pickles) and no map is read whose size the
+    file's directory gives as over :data:`runs.MAX_MAP_BYTES`.
 
     Raises:
-        ValueError: an unreadable file, or one made with another model than ``model``.
+        ValueError: an unreadable file, a map too large, metadata that is not what ``generate``
+            writes (:func:`runs.read_metadata`), or a file made with another model than ``model``.
     """
     try:
         with np.load(path, allow_pickle=False) as data:
-            maps = {k: data[k] for k in data.files}
+            wanted = None if names is None else {*names, META_KEY}
+            keys = [k for k in data.files if wanted is None or k in wanted]
+            runs.check_member_sizes(data.zip, keys, str(path))
+            maps = {k: data[k] for k in keys}
+    except runs.Refused:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure: not a readable npz
         raise ValueError(f"{str(path)!r} is not a readable saliency npz: {exc}") from exc
-    meta = json.loads(str(maps.pop(META_KEY))) if META_KEY in maps else {}
+    meta = runs.read_metadata(maps.pop(META_KEY), str(path)) if META_KEY in maps else {}
     if model is not None and meta and meta.get("model_id") != model_fingerprint(model):
         raise ValueError(f"{str(path)!r} holds maps of model {meta.get('model')!r} ({meta.get('model_id')}), "
                          f"not of the given {model.name!r} ({model_fingerprint(model)}): evaluate it with "
                          "the model that generated it")
     return maps, meta
+
+
+def names_model(stem: str, label: str) -> bool:
+    """Whether a file stem is ``{label}_{method}`` (a method name has no ``_``: ``vgg16_bn_pcampm`` is
+    a file of ``vgg16_bn``, not a method ``bn_pcampm`` of ``vgg16``)."""
+    method = stem[len(label) + 1:] if stem.startswith(f"{label}_") else ""
+    return bool(method) and "_" not in method
 
 
 def check_map(sal: np.ndarray, where: str) -> None:
@@ -271,13 +274,13 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     label = runs.file_label(model.name)
     loaded, digests = [], {}
     for f in files:
-        maps, meta = read_maps(f, model)
+        maps, meta = read_maps(f, model, names)
         if meta.get("image_sha256") and not digests:
             digests = {n: runs.image_digest(images, n) for n in names}
         runs.check_made_from(meta, f.name, size, model.input_size, digests)
-        if not meta and not f.stem.startswith(f"{label}_"):
-            raise ValueError(f"{f.name} does not name the model {label!r} ({label}_<method>.npz) and has no "
-                             "metadata: is it a map file of another model?")
+        if not meta and not names_model(f.stem, label):
+            raise ValueError(f"{f.name} does not name the model {label!r} ({label}_<method>.npz, a method name having "
+                             "no '_') and has no metadata: is it a map file of another model?")
         missing = [n for n in names if n not in maps]
         if missing:
             raise ValueError(f"{f.name} has no map for {len(missing)} images, e.g. {missing[:3]}")
@@ -288,41 +291,43 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
     if len(set(stems)) < len(stems):
         raise ValueError(f"two npz files have one name ({sorted(s for s in stems if stems.count(s) > 1)}): "
                          "their results would share a file; rename one")
-    out = runs.start_run(out, dist)
-    settings = {"model_id": model_fingerprint(model), "size": size, "n_steps": n_steps, "batch_size": batch_size,
-                "images_per_batch": images_per_batch}
-    keys: dict[str, str] = {}
+    with runs.start_run(out, dist) as out:
+        settings = {"model_id": model_fingerprint(model), "size": size, "n_steps": n_steps, "batch_size": batch_size,
+                    "images_per_batch": images_per_batch}
+        keys: dict[str, str] = {}
 
-    def part(stem: str, maps: dict, name: str) -> Path:
-        if name not in keys:
-            keys[name] = _image_key(settings, digests.get(name) or runs.image_digest(images, name))
-        return runs.part_path(out, stem, name, runs.digest([keys[name], runs.array_digest(maps[name])]), ".json")
+        def part(stem: str, maps: dict, name: str) -> Path:
+            if name not in keys:
+                keys[name] = _image_key(settings, digests.get(name) or runs.image_digest(images, name))
+            return runs.part_path(out, stem, name, runs.digest([keys[name], runs.array_digest(maps[name])]), ".json")
 
-    mine = names[dist.rank::dist.world]
-    with runs.progress_bar(len(mine) * len(loaded), f"evaluate ({label})", dist, progress) as bar:
-        for first in range(0, len(mine), images_per_batch):
-            group = mine[first:first + images_per_batch]
-            # a group's images share forward batches: redo it whole unless all of it is done
-            todo = {stem: {n: part(stem, maps, n) for n in group} for stem, maps in loaded}
-            todo = {stem: paths for stem, paths in todo.items() if not all(p.is_file() for p in paths.values())}
-            needed = list(dict.fromkeys(n for paths in todo.values() for n in paths))
-            xs = {n: load_image(Path(images) / n, model, size=size).to(module_device(model)) for n in needed}
-            with torch.no_grad():
-                classes = {n: int(probabilities(model(x)).argmax()) for n, x in xs.items()}
-            for stem, maps in loaded:
-                if stem in todo:
-                    _score_group(model, todo[stem], maps, xs, classes, n_steps, batch_size, backend)
-                bar.update(len(group))
-    dist.barrier()
-    if dist.rank != 0:
-        return None
-    merged = [_merge_scores(out, stem, {n: part(stem, maps, n) for n in names}) for stem, maps in loaded]
-    rows = [dict(summary, model=model.name, method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem)
-            for (stem, _), (summary, _) in zip(loaded, merged)]
-    _write_summary(out, rows)
-    _record_in_atlas([out / "mapsets", *(f.parent / "mapsets" for f in files)], settings["model_id"],
-                     {r["method"]: (records, maps) for r, (_, records), (_, maps) in zip(rows, merged, loaded)})
-    return rows
+        mine = names[dist.rank::dist.world]
+        with runs.progress_bar(len(mine) * len(loaded), f"evaluate ({label})", dist, progress) as bar:
+            for first in range(0, len(mine), images_per_batch):
+                group = mine[first:first + images_per_batch]
+                # a group's images share forward batches: redo it whole unless all of it is done
+                todo = {stem: {n: part(stem, maps, n) for n in group} for stem, maps in loaded}
+                todo = {stem: paths for stem, paths in todo.items() if not all(p.is_file() for p in paths.values())}
+                needed = list(dict.fromkeys(n for paths in todo.values() for n in paths))
+                xs = {n: load_image(Path(images) / n, model, size=size).to(module_device(model)) for n in needed}
+                with torch.no_grad():
+                    classes = {n: int(probabilities(model(x)).argmax()) for n, x in xs.items()}
+                for stem, maps in loaded:
+                    if stem in todo:
+                        _score_group(model, todo[stem], maps, xs, classes, n_steps, batch_size, backend)
+                    bar.update(len(group))
+        dist.barrier()
+        if dist.rank != 0:
+            return None
+        runs.remove_results(out, [*runs.SUMMARY_FILES, *(glob.escape(f"{kind}_{stem}.csv") for stem in stems
+                                  for kind in ("ins_auc", "del_auc", "ins_details", "del_details"))])
+        merged = [_merge_scores(out, stem, {n: part(stem, maps, n) for n in names}) for stem, maps in loaded]
+        rows = [dict(summary, model=model.name, method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem)
+                for (stem, _), (summary, _) in zip(loaded, merged)]
+        runs.write_summary(out, rows)
+        _record_in_atlas([out / "mapsets", *(f.parent / "mapsets" for f in files)], settings["model_id"],
+                         {r["method"]: (records, maps) for r, (_, records), (_, maps) in zip(rows, merged, loaded)})
+        return rows
 
 
 def _record_in_atlas(folders: list[Path], model_id: str, results: dict[str, tuple[dict, dict]]) -> None:
@@ -357,17 +362,6 @@ def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict
             f.write(json.dumps(record).encode())
 
 
-def _csv_text(rows: dict[str, Sequence[float]]) -> bytes:
-    """pandas' ``DataFrame.from_dict(rows, orient='index').to_csv()`` layout, as the authors write."""
-    width = len(next(iter(rows.values())))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([""] + list(range(width)))
-    for name, values in rows.items():
-        writer.writerow([name] + [str(np.float32(v)) for v in values])
-    return buffer.getvalue().encode()
-
-
 def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> tuple[dict, dict]:
     """The csv files of one npz file; returns its summary row and each image's part record."""
     records = {}
@@ -377,24 +371,9 @@ def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> tuple[dict, d
         records[name] = json.loads(part.read_text())
     for kind in ("ins", "del"):
         with atomic_write(out / f"{kind}_auc_{stem}.csv") as f:
-            f.write(_csv_text({n: [r[f"{kind}_auc"]] for n, r in records.items()}))
+            f.write(runs.csv_text({n: [r[f"{kind}_auc"]] for n, r in records.items()}))
         with atomic_write(out / f"{kind}_details_{stem}.csv") as f:
-            f.write(_csv_text({n: r[kind] for n, r in records.items()}))
+            f.write(runs.csv_text({n: r[kind] for n, r in records.items()}))
     ins = float(np.mean([r["ins_auc"] for r in records.values()]))
     dele = float(np.mean([r["del_auc"] for r in records.values()]))
     return {"file": stem, "images": len(records), "insertion": ins, "deletion": dele, "ins_del": ins - dele}, records
-
-
-def _write_summary(out: Path, rows: Sequence[dict]) -> None:
-    lines = ["| model | method | images | Ins | Del | Ins-Del |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['method']} | {r['images']} | {r['insertion']:.4f} | {r['deletion']:.4f} | {r['ins_del']:.4f} |"
-              for r in rows]
-    with atomic_write(out / "summary.md") as f:
-        f.write(("\n".join(lines) + "\n").encode())
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["model", "method", "file", "images", "insertion", "deletion", "ins_del"],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(out / "summary.csv") as f:
-        f.write(buffer.getvalue().encode())
