@@ -382,9 +382,14 @@ def _checked(runner: Runner, reference: Callable[[], tuple[torch.Tensor, torch.T
 # ----- agreement of a reduced-precision sweep -----------------------------------------------
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pearson correlation of two maps (1.0 when both are constant and equal)."""
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    den = float(a.norm() * b.norm())
-    if den == 0.0:
-        return 1.0 if bool(torch.equal(a, b)) else 0.0
-    return float((a * b).sum()) / den
+    return float(pearsons(a[None], b[None])[0])
+
+
+def pearsons(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each pair of maps ``a[i]``, ``b[i]`` (``[N, ...]`` each), in float64:
+    ``[N]``; 1.0 for a pair of constant, equal maps, 0.0 when only one of the two is constant."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    den = a.norm(dim=1) * b.norm(dim=1)
+    r = (a * b).sum(1) / den.clamp(min=torch.finfo(torch.float64).tiny)
+    return torch.where(den == 0, (a == b).all(1).double(), r)

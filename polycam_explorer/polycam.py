@@ -117,8 +117,9 @@ _WEIGHTS: dict[Variant, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tor
 
 
 def layer_cam(acts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``CAM_l = ReLU(sum_k w_k A_l^k)``, eq. [2], at the layer's resolution: ``[K,h,w], [K] -> [h,w]``."""
-    return torch.relu(torch.einsum("k,khw->hw", weights.to(acts.dtype), acts))
+    """``CAM_l = ReLU(sum_k w_k A_l^k)``, eq. [2], at the layer's resolution: ``[K,h,w], [K] -> [h,w]``
+    (or ``[K, N] -> [N,h,w]``: N weight vectors at once)."""
+    return torch.relu(torch.einsum("k...,khw->...hw", weights.to(acts.dtype), acts))
 
 
 def lnorm(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .backends import pearson
+from .backends import pearsons
 from .cancel import Cancelled, cancel_check
 from .models import probabilities
 from .polycam import VARIANTS, channel_weights, layer_cam, resize, unit_normalize
@@ -286,20 +286,20 @@ def precision_agreement(reference: Callable[[torch.Tensor], torch.Tensor], x: to
     sub = subset_plan(plan, keep)
     ref = probe_layer(reference, x, sub, reference_s0, reference_f_zero, batch_size=batch_size)
     checked = sub.inverse >= 0
-    worst = 1.0
-    for c in torch.topk(reference_s0, min(3, reference_s0.numel())).indices.tolist():
-        for variant in VARIANTS:
-            w_low = channel_weights(variant, s0[c], scores.s_plus[:, c], scores.s_minus[:, c])
-            w_ref = channel_weights(variant, reference_s0[c], ref.s_plus[checked, c], ref.s_minus[checked, c])
-            worst = min(worst, estimated_agreement(acts, checked, w_low, w_ref))
-    return worst
+    classes = torch.topk(reference_s0, min(3, reference_s0.numel())).indices
+    w_low = torch.cat([channel_weights(v, s0[classes], scores.s_plus[:, classes], scores.s_minus[:, classes])
+                       for v in VARIANTS], 1)
+    w_ref = torch.cat([channel_weights(v, reference_s0[classes], ref.s_plus[checked][:, classes],
+                                       ref.s_minus[checked][:, classes]) for v in VARIANTS], 1)
+    return estimated_agreement(acts, checked, w_low, w_ref)
 
 
 def estimated_agreement(acts: torch.Tensor, checked: torch.Tensor, w_low: torch.Tensor,
                         w_ref: torch.Tensor) -> float:
-    """Pearson r between a layer's CAM (eq. [2]) from reduced-precision weights ``w_low`` ``[K]``
-    and an estimate of its fp32 CAM, when only the ``checked`` channels' fp32 weights ``w_ref`` are
-    known.
+    """The smallest Pearson r between a layer's CAM (eq. [2]) from reduced-precision weights and
+    an estimate of its fp32 CAM, over the columns of ``w_low`` (``[K, N]``: one weight vector per
+    class and variant, or ``[K]``), when only the ``checked`` channels' fp32 weights ``w_ref``
+    (``[K_checked, N]``) are known.
 
     The estimate corrects the checked channels and extrapolates their error to the rest: their
     weights become ``w_low - s (w_low - w_ref)`` with ``s = sqrt(E / E_checked)``, ``E`` the sum
@@ -309,8 +309,10 @@ def estimated_agreement(acts: torch.Tensor, checked: torch.Tensor, w_low: torch.
     class they barely move), where a map of those channels alone would read r = 0.
     """
     a = acts.float()
-    checked_energy = float(a[checked].pow(2).sum())
-    scale = (float(a.pow(2).sum()) / checked_energy) ** 0.5 if checked_energy > 0 else 1.0
+    energy = a.pow(2).flatten(1).sum(1)
+    checked_energy = energy[checked].sum()
+    scale = torch.where(checked_energy > 0, energy.sum() / checked_energy.clamp(min=1e-30), 1.0).sqrt()
     w_est = w_low.clone()
     w_est[checked] = w_low[checked] - scale * (w_low[checked] - w_ref)
-    return pearson(layer_cam(a, w_low), layer_cam(a, w_est))
+    return float(pearsons(layer_cam(a, w_low.reshape(len(w_low), -1)),
+                          layer_cam(a, w_est.reshape(len(w_est), -1))).min())

@@ -151,6 +151,36 @@ def test_bf16_is_opt_in_and_reports_its_agreement(resnet, eager_mapset, monkeypa
     assert min_agreement(eager_mapset, ms) > 0.9
 
 
+def test_pearsons_is_numpys_corrcoef_per_pair_and_defined_for_constant_maps():
+    import numpy as np
+
+    from polycam_explorer.backends import pearsons
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 7, 9, generator=gen), torch.rand(5, 7, 9, generator=gen)
+    b[1] = 2 * a[1] + 1  # r = 1
+    b[2] = -a[2]  # r = -1
+    want = [np.corrcoef(a[i].flatten().numpy(), b[i].flatten().numpy())[0, 1] for i in range(5)]
+    assert pearsons(a, b).tolist() == pytest.approx(want, abs=1e-12)
+    assert [pearson(a[i], b[i]) for i in range(5)] == pytest.approx(want, abs=1e-12)
+    flat, ramp = torch.zeros(2, 3, 3), torch.arange(9.0).reshape(1, 3, 3)
+    assert pearsons(flat, flat).tolist() == [1.0, 1.0]  # both constant and equal
+    assert pearsons(torch.cat([flat[:1], ramp]), torch.cat([ramp, flat[:1]])).tolist() == [0.0, 0.0]
+
+
+def test_estimated_agreement_of_several_weight_vectors_is_the_smallest_of_each_alone():
+    from polycam_explorer.probes import estimated_agreement
+
+    gen = torch.Generator().manual_seed(1)
+    acts = torch.rand(12, 5, 6, generator=gen)
+    checked = torch.zeros(12, dtype=torch.bool)
+    checked[[0, 3, 7]] = True
+    w_low = torch.rand(12, 4, generator=gen)
+    w_ref = w_low[checked] + 0.3 * torch.randn(3, 4, generator=gen)
+    each = [estimated_agreement(acts, checked, w_low[:, i], w_ref[:, i]) for i in range(4)]
+    assert len(set(each)) == 4 and estimated_agreement(acts, checked, w_low, w_ref) == pytest.approx(min(each))
+
+
 def test_estimated_agreement_hand_computed():
     """Three channels, one checked: its error is scaled by sqrt(E / E_checked) and r is numpy's."""
     import numpy as np
