@@ -62,7 +62,7 @@ def check_image(x: torch.Tensor, channels: int | None = None, *, min_side: int =
     """``x`` is one finite floating-point image tensor ``1 x C x H x W``, with ``channels`` channels
     and sides of at least ``min_side`` pixels (what ``needed_by`` needs), or a TypeError /
     ValueError naming what is wrong and what is accepted. The one check of an image tensor given to
-    the sweep, the metrics and the robustness checks."""
+    the sweep, the metrics, the baselines and the robustness checks."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape 1 x C x H x W (see pe.load_image), "
                         f"got {type(x).__name__}")
@@ -83,8 +83,7 @@ def check_image(x: torch.Tensor, channels: int | None = None, *, min_side: int =
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def image_frame(
-image: ImageLike) -> tuple[int, int]:
+def image_frame(image: ImageLike) -> tuple[int, int]:
     """``(H, W)`` of ``image`` as a viewer shows it (EXIF orientation applied): the frame that maps
     computed on its resized copy are drawn back onto (``MapSet.frame``)."""
     return tuple(int(v) for v in _pixels(image, 3).shape[-2:])
