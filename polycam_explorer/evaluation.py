@@ -319,8 +319,8 @@ def evaluate(model: Classifier, images: str | os.PathLike, npz_files: Sequence[s
         dist.barrier()
         if dist.rank != 0:
             return None
-        runs.remove_results(out, [*runs.SUMMARY_FILES, *(glob.escape(f"{kind}_{stem}.csv") for stem in stems
-                                  for kind in ("ins_auc", "del_auc", "ins_details", "del_details"))])
+        runs.remove_results(out, [*runs.SUMMARY_FILES, *(glob.escape(file) for stem in stems
+                                                          for file in _score_files(stem).values())])
         merged = [_merge_scores(out, stem, {n: part(stem, maps, n) for n in names}) for stem, maps in loaded]
         rows = [dict(summary, model=model.name, method=stem[len(label) + 1:] if stem.startswith(f"{label}_") else stem)
                 for (stem, _), (summary, _) in zip(loaded, merged)]
@@ -362,6 +362,11 @@ def _score_group(model: Classifier, parts: dict[str, Path], maps: dict, xs: dict
             f.write(json.dumps(record).encode())
 
 
+def _score_files(stem: str) -> dict[tuple[str, str], str]:
+    """The csv files of one npz file's scores (the authors' names): ``(ins|del, auc|details) -> name``."""
+    return {(kind, what): f"{kind}_{what}_{stem}.csv" for kind in ("ins", "del") for what in ("auc", "details")}
+
+
 def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> tuple[dict, dict]:
     """The csv files of one npz file; returns its summary row and each image's part record."""
     records = {}
@@ -369,10 +374,11 @@ def _merge_scores(out: Path, stem: str, parts: dict[str, Path]) -> tuple[dict, d
         if not part.is_file():
             raise RuntimeError(f"no scores of {name!r} for {stem}: a rank did not finish")
         records[name] = json.loads(part.read_text())
+    files = _score_files(stem)
     for kind in ("ins", "del"):
-        with atomic_write(out / f"{kind}_auc_{stem}.csv") as f:
+        with atomic_write(out / files[kind, "auc"]) as f:
             f.write(runs.csv_text({n: [r[f"{kind}_auc"]] for n, r in records.items()}))
-        with atomic_write(out / f"{kind}_details_{stem}.csv") as f:
+        with atomic_write(out / files[kind, "details"]) as f:
             f.write(runs.csv_text({n: r[kind] for n, r in records.items()}))
     ins = float(np.mean([r["ins_auc"] for r in records.values()]))
     dele = float(np.mean([r["del_auc"] for r in records.values()]))

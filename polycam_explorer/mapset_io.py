@@ -263,12 +263,13 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                         foreign.append(key)
                         continue
                     held = zf.getinfo(member).file_size - f.tell()
+                size = math.prod(shape) * dtype.itemsize
                 if dtype.hasobject:
                     pickled.append(key)
-                elif math.prod(shape) * dtype.itemsize > held:  # checked before any memory is taken
+                elif size > held:  # checked before any memory is taken
                     raise ValueError(f"corrupt map-set file {name!r}: the array {key!r} claims shape {shape} "
-                                     f"({math.prod(shape) * dtype.itemsize} bytes) but its file holds {held} bytes")
-                total += math.prod(shape) * dtype.itemsize
+                                     f"({size} bytes) but its file holds {held} bytes")
+                total += size
             if foreign:
                 raise ValueError(f"{not_ours}: it is a zip archive whose members {foreign[:5]} are not "
                                  "NumPy arrays")
